@@ -1,0 +1,48 @@
+"""MAFT: mask-aware fine-tuning of CLIP for zero-shot segmentation (Jiao et al., NeurIPS 2023).
+
+The public API is imported lazily so that ``import maft`` stays cheap; each name lives in the module
+of its concept (see ``_EXPORTS``).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # CLIP loading and text classifiers
+    "load_clip": "maft.clip",
+    "text_classifier": "maft.clip",
+    "class_probabilities": "maft.clip",
+    "TEMPLATES": "maft.clip",
+    # datasets and metrics
+    "build_dataset": "maft.datasets",
+    "DATASETS": "maft.datasets",
+    "ConfusionMatrix": "maft.metrics",
+    "segmentation_metrics": "maft.metrics",
+    # proposal classifiers
+    "IPCLIP": "maft.ipclip",
+    "FrozenCLIP": "maft.baseline",
+    # proposals, losses, training, inference
+    "build_proposal_generator": "maft.proposals",
+    "mask_aware_loss": "maft.losses",
+    "self_distillation_loss": "maft.losses",
+    "finetune": "maft.train",
+    "ensemble_scores": "maft.inference",
+    "semantic_map": "maft.inference",
+    "evaluate": "maft.evaluate",
+    "mask_awareness": "maft.evaluate",
+    "predict": "maft.predict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'maft' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,69 @@
+"""Wiring shared by train, eval, predict and the world story: one experiment config -> the parts.
+
+A config is the YAML mapping described in ``maft/configs/*.yaml``; every builder here reads only its own
+section so that the same file drives ``maft train``, ``maft eval`` and ``maft predict``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {"name": "ViT-B-16", "pretrained": "openai", "image_size": 480, "start_layer": None},
+    "data": {"dataset": "voc20", "root": None, "train_split": "train", "eval_split": "val", "max_images": None},
+    "proposals": {"kind": "gt", "settings": {}},
+    "text": {"templates": "vild"},
+}
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with every missing section/key taken from :data:`DEFAULTS`."""
+    merged = copy.deepcopy(config)
+    for section, values in DEFAULTS.items():
+        if isinstance(values, dict):
+            given = merged.get(section) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"config section {section!r} must be a mapping, got {given!r}")
+            merged[section] = {**copy.deepcopy(values), **given}
+        else:
+            merged.setdefault(section, values)
+    return merged
+
+
+def build_clip(config: dict[str, Any], device: str = "cpu"):
+    """(model, preprocess, tokenizer) for ``config['model']``, tower resized to ``image_size``."""
+    from .clip import load_clip
+
+    model_cfg = with_defaults(config)["model"]
+    return load_clip(model_cfg["name"], pretrained=model_cfg["pretrained"], device=device,
+                     image_size=model_cfg["image_size"])
+
+
+def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
+    """The dataset for ``data[split_key]`` (``train_split`` or ``eval_split``) in ``mode``."""
+    from .datasets import build_dataset
+
+    data = with_defaults(config)["data"]
+    return build_dataset(data["dataset"], data[split_key], root=data["root"], mode=mode,
+                         max_images=data["max_images"])
+
+
+def build_generator(config: dict[str, Any], **extra):
+    """The proposal generator of ``config['proposals']`` (``extra`` overrides its settings)."""
+    from .proposals import build_proposal_generator
+
+    config = with_defaults(config)
+    proposals = config["proposals"]
+    settings = {**(proposals.get("settings") or {}), **extra}
+    if proposals["kind"] == "gt":
+        settings.setdefault("seed", config["seed"])  # GT corruptions follow the experiment's seed
+    return build_proposal_generator(proposals["kind"], **settings)
+
+
+def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu"):
+    """Text embeddings [C, D] for ``class_names`` with the config's prompt templates."""
+    from .clip import text_classifier
+
+    templates = with_defaults(config)["text"]["templates"]
+    return text_classifier(model, tokenizer, class_names, templates=templates, device=device)

@@ -1,0 +1,68 @@
+"""Where things live: the repository, dataset roots and the outputs folder.
+
+Dataset roots are resolved in a fixed order (see :func:`dataset_dir`): an explicit argument, the
+``MAFT_DATA`` environment variable, the repository's ``data/`` folder, then ``../shared/data`` beside
+the repository (a read-only sample of real VOC, COCO and ADE20K data).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+ASSETS_DIR = PACKAGE_DIR / "assets"
+
+
+def _outputs_root() -> Path:
+    return Path(os.environ.get("MAFT_OUTPUTS", REPO_ROOT / "outputs"))
+
+
+def outputs_dir(*parts: str, create: bool = True) -> Path:
+    """``outputs/<parts...>`` (or ``$MAFT_OUTPUTS/<parts...>``), created on demand."""
+    path = _outputs_root().joinpath(*parts)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir(*parts: str) -> Path:
+    """A writable cache (``$MAFT_CACHE`` or ``~/.cache/maft``), never inside a dataset root."""
+    base = Path(os.environ.get("MAFT_CACHE", Path.home() / ".cache" / "maft"))
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_roots(root: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """Candidate dataset roots in resolution order, each with where it came from."""
+    if root is not None:
+        return [("argument", Path(root))]
+    candidates = []
+    if os.environ.get("MAFT_DATA"):
+        candidates.append(("MAFT_DATA", Path(os.environ["MAFT_DATA"])))
+    candidates.append(("data/", REPO_ROOT / "data"))
+    candidates.append(("../shared/data", REPO_ROOT.parent / "shared" / "data"))
+    return candidates
+
+
+def dataset_dir(folder_names: str | list[str], root: str | os.PathLike | None = None) -> Path:
+    """The first ``<root>/<folder>`` that exists, trying roots in order and folder names in order.
+
+    An explicit ``root`` (or ``MAFT_DATA``) that lacks the dataset is an error rather than a silent
+    fall-back, so a user who points somewhere never gets other data than what they named.
+    """
+    names = [folder_names] if isinstance(folder_names, str) else list(folder_names)
+    tried = []
+    for source, base in data_roots(root):
+        for name in names:
+            path = base / name
+            if path.is_dir():
+                return path
+            tried.append(str(path))
+        if source in ("argument", "MAFT_DATA"):
+            break
+    raise FileNotFoundError(
+        f"dataset folder not found; looked for {', '.join(tried)}. Prepare it with "
+        f"`maft data prepare <dataset> --src <official download> --dst <root>` or set MAFT_DATA."
+    )
