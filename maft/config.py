@@ -47,5 +47,16 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {key!r} is a value, not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw)
+        node[keys[-1]] = parse_value(raw)
     return config
+
+
+def parse_value(raw: str) -> Any:
+    """YAML scalar/list parsing, plus ``3e-4`` as a float (YAML 1.1 reads it as a string)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value

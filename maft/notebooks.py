@@ -1,0 +1,113 @@
+"""Run the numbered notebook series headlessly with papermill, one profile at a time.
+
+A profile is a flat YAML file of notebook parameters in ``notebooks/profiles/<name>.yaml``; the same
+file works with plain papermill (``papermill -f notebooks/profiles/demo.yaml ...``). The runner adds
+``output_dir`` (``outputs/<profile>/``), executes the notebooks in order, stops at the first failure
+naming the notebook and cell, and joins the notebooks' report sections into ``report.md``.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from .paths import REPO_ROOT, outputs_dir
+from .report import build_report
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+PROFILE_DIR = NOTEBOOK_DIR / "profiles"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the series raised; the message names the notebook, the cell and the error."""
+
+
+@dataclass
+class NotebookRun:
+    notebook: str
+    output: Path
+    seconds: float
+
+
+def list_notebooks(only: list[str] | None = None) -> list[Path]:
+    """The series in order (``NN_name.ipynb``), optionally only those whose number or name is in ``only``."""
+    notebooks = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return notebooks
+    chosen = [p for p in notebooks if any(p.stem == key or p.stem.split("_")[0] == key for key in only)]
+    missing = [key for key in only if not any(p.stem == key or p.stem.split("_")[0] == key for p in notebooks)]
+    if missing:
+        raise ValueError(f"--only {', '.join(missing)}: no such notebook in {NOTEBOOK_DIR} "
+                         f"(have {', '.join(p.stem for p in notebooks)})")
+    return chosen
+
+
+def load_profile(profile: str) -> dict:
+    """The parameters of ``notebooks/profiles/<profile>.yaml`` (or of a YAML file path)."""
+    path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else PROFILE_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"profile {profile!r} not found at {path} (profiles: {known})")
+    parameters = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f"{path}: a profile must be a flat YAML mapping of notebook parameters")
+    parameters.setdefault("profile", path.stem)
+    return parameters
+
+
+def run_series(profile: str = "demo", only: list[str] | None = None, output_dir: str | Path | None = None,
+               kernel_name: str | None = None, progress: bool = True) -> list[NotebookRun]:
+    """Execute the series for ``profile``; executed notebooks, figures, metrics and report.md go to
+    ``outputs/<profile>/`` (or ``output_dir``)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    parameters = load_profile(profile)
+    out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
+    out.mkdir(parents=True, exist_ok=True)
+    parameters["output_dir"] = str(out.resolve())
+    runs = []
+    notebooks = list_notebooks(only)
+    for notebook in tqdm(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb", disable=not progress):
+        executed = out / notebook.name
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+                                       kernel_name=kernel_name, cwd=str(NOTEBOOK_DIR),
+                                       progress_bar=False)
+        except PapermillExecutionError as error:
+            raise NotebookFailed(
+                f"{notebook.name} failed in cell {error.exec_count} ({error.ename}: {error.evalue}); "
+                f"the executed notebook up to the failure is {executed}") from None
+        runs.append(NotebookRun(notebook.name, executed, time.perf_counter() - start))
+    build_report(out, f"MAFT notebook series: profile `{parameters['profile']}`",
+                 preamble=_preamble(parameters, runs))
+    return runs
+
+
+def _preamble(parameters: dict, runs: list[NotebookRun]) -> str:
+    lines = ["Parameters:", "", "```yaml", yaml.safe_dump(parameters, sort_keys=True).rstrip(), "```", "",
+             "Executed notebooks:", ""]
+    lines += [f"- [{run.notebook}]({run.notebook}) ({run.seconds:.0f} s)" for run in runs]
+    return "\n".join(lines)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--profile", default="demo", help="profile name in notebooks/profiles or a YAML path")
+    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (number or name)")
+    parser.add_argument("--output-dir", help="default: outputs/<profile>/")
+    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
+
+
+def run(args) -> int:
+    try:
+        runs = run_series(args.profile, only=args.only, output_dir=args.output_dir, kernel_name=args.kernel)
+    except NotebookFailed as error:
+        print(f"maft notebooks: {error}")
+        return 1
+    report = runs[0].output.parent / "report.md" if runs else None
+    print(f"ran {len(runs)} notebooks in {sum(r.seconds for r in runs):.0f} s; report: {report}")
+    return 0
