@@ -32,15 +32,15 @@ class NotebookRun:
     seconds: float
 
 
-def list_notebooks(only: list[str] | None = None) -> list[Path]:
+def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """The series in order (``NN_name.ipynb``), optionally only those whose number or name is in ``only``."""
-    notebooks = sorted(p for p in NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not only:
         return notebooks
     chosen = [p for p in notebooks if any(p.stem == key or p.stem.split("_")[0] == key for key in only)]
     missing = [key for key in only if not any(p.stem == key or p.stem.split("_")[0] == key for p in notebooks)]
     if missing:
-        raise ValueError(f"--only {', '.join(missing)}: no such notebook in {NOTEBOOK_DIR} "
+        raise ValueError(f"--only {', '.join(missing)}: no such notebook in {notebook_dir} "
                          f"(have {', '.join(p.stem for p in notebooks)})")
     return chosen
 
@@ -59,7 +59,8 @@ def load_profile(profile: str) -> dict:
 
 
 def run_series(profile: str = "demo", only: list[str] | None = None, output_dir: str | Path | None = None,
-               kernel_name: str | None = None, progress: bool = True) -> list[NotebookRun]:
+               kernel_name: str | None = None, progress: bool = True,
+               notebook_dir: str | Path = NOTEBOOK_DIR) -> list[NotebookRun]:
     """Execute the series for ``profile``; executed notebooks, figures, metrics and report.md go to
     ``outputs/<profile>/`` (or ``output_dir``)."""
     import papermill
@@ -70,17 +71,18 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     out.mkdir(parents=True, exist_ok=True)
     parameters["output_dir"] = str(out.resolve())
     runs = []
-    notebooks = list_notebooks(only)
+    notebooks = list_notebooks(only, Path(notebook_dir))
     for notebook in tqdm(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb", disable=not progress):
         executed = out / notebook.name
         start = time.perf_counter()
         try:
             papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
-                                       kernel_name=kernel_name, cwd=str(NOTEBOOK_DIR),
+                                       kernel_name=kernel_name, cwd=str(notebook_dir),
                                        progress_bar=False)
         except PapermillExecutionError as error:
             raise NotebookFailed(
-                f"{notebook.name} failed in cell {error.exec_count} ({error.ename}: {error.evalue}); "
+                f"{notebook.name} failed in cell In[{error.exec_count}] `{error.source.strip().splitlines()[0]}` "
+                f"({error.ename}: {error.evalue}); "
                 f"the executed notebook up to the failure is {executed}") from None
         runs.append(NotebookRun(notebook.name, executed, time.perf_counter() - start))
     build_report(out, f"MAFT notebook series: profile `{parameters['profile']}`",
