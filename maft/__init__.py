@@ -25,6 +25,10 @@ _EXPORTS = {
     "FrozenCLIP": "maft.baseline",
     # proposals, losses, training, inference
     "build_proposal_generator": "maft.proposals",
+    "Proposals": "maft.proposals",
+    "proposal_iou": "maft.proposals",
+    "save_proposals": "maft.proposals",
+    "load_proposals": "maft.proposals",
     "mask_aware_loss": "maft.losses",
     "self_distillation_loss": "maft.losses",
     "finetune": "maft.train",
