@@ -17,6 +17,11 @@ _EXPORTS = {
     "TEMPLATES": "maft.clip",
     # datasets and metrics
     "build_dataset": "maft.datasets",
+    "SegDataset": "maft.datasets",
+    "class_image_counts": "maft.datasets",
+    "load_class_spec": "maft.classes",
+    "available_datasets": "maft.classes",
+    "check_class_names": "maft.classes",
     "DATASETS": "maft.datasets",
     "ConfusionMatrix": "maft.metrics",
     "segmentation_metrics": "maft.metrics",

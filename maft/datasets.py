@@ -1,0 +1,214 @@
+"""Semantic segmentation datasets: image + label pairs with contiguous class ids.
+
+Layouts read (under a dataset folder found by :func:`maft.paths.dataset_dir`):
+
+- canonical, written by ``maft data prepare``: ``images/<split>/<id>.jpg`` + ``masks/<split>/<id>.png``
+  (the layout of the shared ``voc2012`` sample);
+- flat sample folders: ``images/<id>.jpg`` + ``masks/<id>.png``. A flat folder holds one split, named in
+  the class spec (``coco128seg`` = COCO train2017 images -> ``train``; ``ade20k150`` = ADE validation
+  images -> ``val``); asking it for another split is an error, never a silent substitute.
+
+A folder is canonical when ``images/`` has sub-folders, flat otherwise. Labels are mapped to contiguous
+ids with the dataset's :class:`maft.classes.ClassSpec` (raw official values or already contiguous, per
+folder). ``mode="train"`` is the zero-shot training view: unseen-class pixels become ignore.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
+from maft.paths import dataset_dir
+
+DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
+MODES = ("eval", "train")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B", "1")  # single-channel index images
+
+
+@dataclass(frozen=True)
+class SegItem:
+    id: str
+    image_path: Path
+    label_path: Path
+
+
+class SegDataset(torch.utils.data.Dataset):
+    """Image/label pairs of one split of one benchmark.
+
+    Attributes: ``name``, ``classes`` (list of names, contiguous-id order), ``seen`` / ``unseen`` (class
+    indices), ``ignore_index`` (255, or 65535 for ADE-847 / PASCAL-Context-459 whose ids pass 255),
+    ``split``, ``mode``, ``folder`` (dataset folder), ``labels`` ("raw" | "contiguous"), ``items``.
+    A sample is ``{"image": uint8 [3,H,W] RGB, "label": int64 [H,W], "id", "image_path", "label_path"}``.
+    """
+
+    def __init__(self, name: str | ClassSpec, split: str, root: str | os.PathLike | None = None,
+                 mode: str = "eval", max_images: int | None = None):
+        spec = name if isinstance(name, ClassSpec) else load_class_spec(name)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+            raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
+        self.spec = spec
+        self.name = spec.name
+        self.classes = list(spec.classes)
+        self.seen = spec.seen_ids
+        self.unseen = spec.unseen_ids
+        self.ignore_index = spec.ignore_index
+        self.split = split
+        self.mode = mode
+        self.folder, folder_spec = locate_dataset(spec, root)
+        self.labels = folder_spec.labels
+        self.items = list_split(self.folder, folder_spec, split)[:max_images]
+        # One table maps raw values straight to the requested view (unseen -> ignore when training).
+        self._table = spec.lookup_table(self.labels, drop_unseen=(mode == "train"))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return (f"SegDataset({self.name!r}, split={self.split!r}, mode={self.mode!r}, images={len(self)}, "
+                f"folder={str(self.folder)!r})")
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        image = read_image(item.image_path)
+        label = self.label_array(index)
+        if tuple(image.shape[1:]) != label.shape:
+            raise ValueError(
+                f"image and mask sizes differ: {item.image_path} is {image.shape[2]}x{image.shape[1]} (WxH) "
+                f"but {item.label_path} is {label.shape[1]}x{label.shape[0]}")
+        return {"image": image, "label": torch.from_numpy(label), "id": item.id,
+                "image_path": str(item.image_path), "label_path": str(item.label_path)}
+
+    def label_array(self, index: int) -> np.ndarray:
+        """The contiguous int64 label map of item ``index`` (this dataset's view), without the image."""
+        item = self.items[index]
+        return self.map_labels(read_label(item.label_path), str(item.label_path))
+
+    def map_labels(self, raw: np.ndarray, source: str = "label array") -> np.ndarray:
+        outside_is_ignore = self.labels == "raw" and self.spec.unlisted == "ignore"
+        return apply_lookup(self._table, raw, source, outside_is_ignore, self.ignore_index,
+                            f"{self.name} ({self.labels} labels)")
+
+
+def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, mode: str = "eval",
+                  max_images: int | None = None) -> SegDataset:
+    """The ``split`` of benchmark ``name`` (one of :data:`DATASETS`) from the first data root holding it.
+
+    ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files).
+    """
+    if name == "world":
+        from maft.world import WorldDataset
+
+        return WorldDataset(split=split, mode=mode, max_images=max_images, root=root)
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS + ('world',))}")
+    return SegDataset(name, split, root=root, mode=mode, max_images=max_images)
+
+
+def locate_dataset(spec: ClassSpec, root: str | os.PathLike | None = None) -> tuple[Path, FolderSpec]:
+    """The dataset folder (root resolution of :func:`maft.paths.dataset_dir`) and its folder spec."""
+    if not spec.folders:
+        raise ValueError(f"class spec {spec.name!r} ({spec.source}) lists no folders to search")
+    folder = dataset_dir([f.name for f in spec.folders], root)
+    return folder, spec.folder(folder.name)
+
+
+def list_split(folder: Path, folder_spec: FolderSpec, split: str) -> list[SegItem]:
+    """Sorted image/mask pairs of ``split`` in ``folder`` (canonical or flat layout, see module doc)."""
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    for path in (images_dir, masks_dir):
+        if not path.is_dir():
+            raise FileNotFoundError(f"dataset folder {folder} has no {path.name}/ folder (expected {path})")
+    splits = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
+    if splits:
+        if split not in splits:
+            raise FileNotFoundError(f"{folder} has no split {split!r}; available splits: {splits}")
+        images_dir, masks_dir = images_dir / split, masks_dir / split
+        if not masks_dir.is_dir():
+            raise FileNotFoundError(f"{folder}: masks for split {split!r} are missing (expected {masks_dir})")
+    elif folder_spec.flat_split is None:
+        raise FileNotFoundError(f"{images_dir} has no split sub-folders (expected {images_dir / split})")
+    elif split != folder_spec.flat_split:
+        raise FileNotFoundError(
+            f"{folder} is a flat sample folder holding only the {folder_spec.flat_split!r} split; "
+            f"split {split!r} does not exist there")
+    images = sorted(p for p in images_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    items = [SegItem(p.stem, p, masks_dir / f"{p.stem}.png") for p in images]
+    missing = [item for item in items if not item.label_path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) in {images_dir} have no mask, e.g. "
+                                f"{missing[0].image_path} -> missing {missing[0].label_path}")
+    return items
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """uint8 [3,H,W] RGB; grayscale / palette / RGBA / CMYK are converted, unreadable files raise ValueError."""
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes now, so a truncated file fails here rather than as gray pixels later
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            array = np.array(rgb, dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path}: corrupt or truncated file ({error})") from error
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """The integer values of a single-channel label PNG (palette indices for mode 'P', not colours)."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in LABEL_MODES:
+                raise ValueError(f"label file {path} has image mode {image.mode!r}; expected a single-channel "
+                                 f"index PNG (palette 'P', 8-bit 'L' or 16-bit), not colours")
+            return np.array(image)
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"cannot read label file {path}: corrupt or truncated file ({error})") from error
+
+
+def available_splits(folder: Path, folder_spec: FolderSpec) -> list[str]:
+    """Split names a dataset folder holds (sub-folders of ``images/``, or the flat folder's one split)."""
+    images_dir = folder / "images"
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"dataset folder {folder} has no images/ folder (expected {images_dir})")
+    splits = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
+    return splits or ([folder_spec.flat_split] if folder_spec.flat_split else [])
+
+
+def classes_per_image(dataset: SegDataset, progress: bool = True) -> list[np.ndarray]:
+    """For each item, the sorted contiguous class ids present in its label (this dataset's view)."""
+    present = []
+    for index in tqdm(range(len(dataset)), desc=f"reading {dataset.name}/{dataset.split} labels",
+                      disable=not progress, leave=False):
+        item = dataset.items[index]
+        # Mapping the distinct raw values is enough (and validates them); no need to map every pixel.
+        ids = dataset.map_labels(np.unique(read_label(item.label_path)), str(item.label_path))
+        present.append(np.unique(ids[ids != dataset.ignore_index]))
+    return present
+
+
+def class_image_counts(dataset: SegDataset, progress: bool = True,
+                       present: list[np.ndarray] | None = None) -> dict[str, int]:
+    """Number of images of ``dataset`` (in its own view) holding each class, in class order.
+
+    ``present`` (from :func:`classes_per_image`) avoids reading the labels a second time.
+    """
+    present = classes_per_image(dataset, progress) if present is None else present
+    counts = np.zeros(len(dataset.classes), dtype=np.int64)
+    for ids in present:
+        counts[ids] += 1
+    return {name: int(n) for name, n in zip(dataset.classes, counts, strict=True)}
