@@ -27,6 +27,8 @@ _EXPORTS = {
     "segmentation_metrics": "maft.metrics",
     # proposal classifiers
     "IPCLIP": "maft.ipclip",
+    "ProposalEmbeddings": "maft.ipclip",
+    "class_token_attention_mask": "maft.ipclip",
     "FrozenCLIP": "maft.baseline",
     # proposals, losses, training, inference
     "build_proposal_generator": "maft.proposals",
