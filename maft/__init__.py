@@ -15,6 +15,8 @@ _EXPORTS = {
     "text_classifier": "maft.clip",
     "class_probabilities": "maft.clip",
     "TEMPLATES": "maft.clip",
+    "preprocess_images": "maft.clip",
+    "set_image_size": "maft.clip",
     # datasets and metrics
     "build_dataset": "maft.datasets",
     "SegDataset": "maft.datasets",

@@ -1,0 +1,574 @@
+"""CLIP loading, CLIP input preprocessing and text classifiers (paper eq. 1).
+
+Everything here is a thin layer over open_clip: models come from ``open_clip.create_model``, weights
+are read by open_clip's own checkpoint loader, tokenizers from ``open_clip.get_tokenizer`` and the
+positional-embedding resize is ``open_clip.model.resize_pos_embed``. What this module adds:
+
+- offline weight resolution: a pretrained tag must already be in the local cache (nothing is ever
+  downloaded here); when it is not, the error names the file and where to put it;
+- ``set_image_size``: run a tower at a larger input than it was trained at (MAFT runs a 224-trained
+  ViT-B/16 at 480x480, a 30x30 patch grid);
+- ``text_classifier``: class names x prompt templates -> one L2-normalised text embedding per class,
+  cached on disk;
+- ``class_probabilities``: softmax over classes of ``logit_scale * cos(embedding, text)`` (eq. 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Mapping, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import resize_pos_embed as open_clip_resize_pos_embed
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torch import nn
+from tqdm.auto import tqdm
+
+from maft import paths
+from maft.paths import PACKAGE_DIR
+from maft.templates import TEMPLATES
+
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "TEMPLATES",
+    "load_clip",
+    "resolve_pretrained",
+    "set_image_size",
+    "resize_pos_embed",
+    "preprocess_images",
+    "readable_name",
+    "text_classifier",
+    "class_probabilities",
+    "text_weights_fingerprint",
+    "hub_offline",
+]
+
+MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
+# Bump when the way text classifiers are computed changes, so old cache entries are never reused.
+_TEXT_CACHE_VERSION = 1
+
+_configs_registered = False
+
+
+def register_model_configs() -> None:
+    """Make maft's own model configs (``maft/model_configs/*.json``) known to open_clip, once."""
+    global _configs_registered
+    if not _configs_registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _configs_registered = True
+
+
+register_model_configs()  # so open_clip.create_model("maft-test-vit") works once maft.clip is imported
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _canonical_model_name(name: str) -> str:
+    """open_clip spells 'ViT-B/16' as 'ViT-B-16'; accept both. Unknown names list close matches."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name
+    canonical = name.replace("/", "-")
+    known = open_clip.list_models()
+    if canonical not in known:
+        close = difflib.get_close_matches(canonical, known, n=6, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"unknown CLIP model name {name!r}.{hint} All names: open_clip.list_models() "
+            f"(maft's tiny test models: maft-test-vit, maft-test-rn)."
+        )
+    return canonical
+
+
+def _cached_tag_file(pretrained_cfg: dict, cache_dir: str | None) -> tuple[str | None, list[str]]:
+    """Where open_clip would have put the weights of a tag, if they are already there.
+
+    Returns (path or None, places looked at). Mirrors ``open_clip.pretrained.download_pretrained``:
+    the Hugging Face Hub copy is preferred (a .safetensors twin first), else the URL's file in
+    ``~/.cache/clip`` (or ``cache_dir``). Only the local cache is read.
+    """
+    looked = []
+    if pretrained_cfg.get("file"):
+        path = pretrained_cfg["file"]
+        return (path if os.path.isfile(path) else None), [path]
+    hf_hub = pretrained_cfg.get("hf_hub", "")
+    if hf_hub:
+        from huggingface_hub import constants as hub_constants, try_to_load_from_cache
+
+        hub_cache = cache_dir or hub_constants.HF_HUB_CACHE
+        repo_id, filename = os.path.split(hf_hub)
+        filename = filename or HF_WEIGHTS_NAME
+        candidates = list(open_clip.pretrained._get_safe_alternatives(filename)) + [filename]
+        for candidate in candidates:
+            found = try_to_load_from_cache(repo_id, candidate, cache_dir=cache_dir)
+            looked.append(f"{repo_id}/{candidate} in the Hugging Face cache {hub_cache}")
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, looked
+    url = pretrained_cfg.get("url", "")
+    if url:
+        path = os.path.join(cache_dir or os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        looked.append(path)
+        if os.path.isfile(path):
+            return path, looked
+    return None, looked
+
+
+@contextlib.contextmanager
+def hub_offline():
+    """Keep the Hugging Face libraries off the network (tokenizers, HF text towers) inside the block.
+
+    Their own offline switch is read once at import (``HF_HUB_OFFLINE``), so flip the flag they
+    consult at call time and restore it afterwards.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    previous = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = previous
+
+
+def resolve_pretrained(name: str, pretrained: str | os.PathLike | None, cache_dir: str | None = None):
+    """Turn ``pretrained`` (None, an open_clip tag or a file path) into a local checkpoint file.
+
+    Returns ``(checkpoint_path or None, pretrained_cfg)`` where ``pretrained_cfg`` is open_clip's
+    config of the tag (preprocessing, quick_gelu) or ``{}``. Never downloads: a tag whose weights are
+    not in the local cache raises FileNotFoundError at once, naming the file and how to provide it.
+    """
+    if pretrained is None:
+        return None, {}
+    if isinstance(pretrained, os.PathLike):
+        pretrained = os.fspath(pretrained)
+    if not isinstance(pretrained, str) or not pretrained:
+        raise ValueError(f"pretrained must be None, an open_clip tag or a file path, got {pretrained!r}")
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        path, looked = _cached_tag_file(tag_cfg, cache_dir)
+        if path is None:
+            sources = []
+            if tag_cfg.get("hf_hub"):
+                repo_id, filename = os.path.split(tag_cfg["hf_hub"])
+                sources.append(f"https://huggingface.co/{repo_id}/resolve/main/{filename or HF_WEIGHTS_NAME}")
+            if tag_cfg.get("url"):
+                sources.append(f"{tag_cfg['url']} (open_clip also finds this one at {looked[-1]})")
+            # OpenAI weights need QuickGELU, which open_clip only switches on for the tag itself.
+            quick_gelu = (
+                f" and name='{name}-quickgelu' (these weights were trained with QuickGELU)"
+                if tag_cfg.get("quick_gelu") and not name.endswith("-quickgelu")
+                else ""
+            )
+            raise FileNotFoundError(
+                f"weights for CLIP {name} / {pretrained!r} are not in the local cache, and maft never "
+                f"downloads. Looked for: {'; '.join(looked)}. To provide them, fetch "
+                f"{' or '.join(sources)} on a machine with network access, then pass "
+                f"pretrained='/path/to/that/file'{quick_gelu} (model.pretrained / model.name in the "
+                f"experiment config)."
+            )
+        return path, tag_cfg
+    if os.path.isdir(pretrained):
+        raise FileNotFoundError(
+            f"pretrained={pretrained!r} is a folder; give the checkpoint file inside it, or load an "
+            f"open_clip model folder as name='local-dir:{pretrained}'"
+        )
+    if not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise FileNotFoundError(
+            f"pretrained={pretrained!r}: no such checkpoint file, and not an open_clip tag of {name} "
+            f"(its tags: {', '.join(tags) if tags else 'none'})"
+        )
+    return pretrained, {}
+
+
+def load_clip(
+    name: str,
+    pretrained: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    image_size: int | tuple[int, int] | None = None,
+    cache_dir: str | None = None,
+):
+    """Load an open_clip model by name; returns ``(model, preprocess, tokenizer)``.
+
+    Args:
+        name: an open_clip model name ("ViT-B-16", "ViT-B/16" is accepted too), one of maft's configs
+            ("maft-test-vit", "maft-test-rn") or "local-dir:<folder>".
+        pretrained: None (random init), an open_clip tag ("openai") whose weights are already in
+            the local cache, or a checkpoint file. Nothing is downloaded.
+        device: where the model goes.
+        image_size: run the vision tower at this input size (positional embedding resized with
+            open_clip's own bicubic resize, see :func:`set_image_size`).
+        cache_dir: the open_clip/Hugging Face cache to look in (default: their defaults).
+
+    The model is returned in eval mode. ``preprocess`` is open_clip's PIL transform for the final
+    image size; ``model.maft_source`` records name and weights (used by the text-classifier cache).
+    """
+    register_model_configs()
+    name = _canonical_model_name(name)
+    if name.startswith("hf-hub:"):
+        raise ValueError(
+            f"{name!r}: Hugging Face Hub models are not loaded by maft because that downloads; "
+            "download the folder once and use name='local-dir:<folder>'"
+        )
+    if name.startswith("local-dir:"):
+        if pretrained is not None:
+            raise ValueError(f"{name!r} brings its own weights; leave pretrained=None (got {pretrained!r})")
+        checkpoint, tag_cfg = None, {}
+    else:
+        checkpoint, tag_cfg = resolve_pretrained(name, pretrained, cache_dir)
+    # A tag carries the preprocessing and activation its weights were trained with (OpenAI weights
+    # need QuickGELU); open_clip applies these only when it resolves the tag itself, so pass them on.
+    preprocess_overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    with hub_offline():
+        model = open_clip.create_model(
+            name,
+            pretrained=checkpoint,
+            device=device,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            force_preprocess_cfg=preprocess_overrides,
+            pretrained_text=False,  # never fetch Hugging Face text-tower weights behind the user's back
+        )
+        tokenizer = open_clip.get_tokenizer(name)
+    model.eval()
+    if image_size is not None:
+        set_image_size(model.visual, image_size)
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    model.maft_source = {
+        "name": name,
+        "pretrained": None if pretrained is None else os.fspath(pretrained),
+        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
+    }
+    return model, preprocess, tokenizer
+
+
+# ----------------------------------------------------------------------------------------------------
+# Positional-embedding resizing
+
+
+def _size_pair(size, argument: str = "image_size") -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
+        raise ValueError(f"{argument} must be a positive int or a pair of them, got {size!r}")
+    return pair
+
+
+def resize_pos_embed(
+    pos_embed: torch.Tensor, grid_size: int | tuple[int, int], interpolation: str = "bicubic", antialias: bool = True
+) -> torch.Tensor:
+    """Resize a ``[1 + g*g, C]`` positional embedding (class position first) to a new grid.
+
+    This calls ``open_clip.model.resize_pos_embed`` itself (same interpolation, same antialias
+    default), so a tower resized here equals one open_clip resizes when it loads a checkpoint into a
+    model of another image size. The class position is kept as is. Returns a new tensor.
+    """
+    grid = _size_pair(grid_size, "grid_size")
+    if pos_embed.ndim != 2:
+        raise ValueError(f"pos_embed must be [1 + grid*grid, C], got shape {tuple(pos_embed.shape)}")
+    state = {"visual.positional_embedding": pos_embed.detach().float()}
+    open_clip_resize_pos_embed(
+        state, SimpleNamespace(visual=SimpleNamespace(grid_size=grid)), interpolation=interpolation, antialias=antialias
+    )
+    return state["visual.positional_embedding"].to(pos_embed.dtype)
+
+
+def _replace_parameter(owner: nn.Module, attr: str, value: torch.Tensor) -> None:
+    old = getattr(owner, attr)
+    setattr(owner, attr, nn.Parameter(value.to(old.device), requires_grad=old.requires_grad))
+
+
+def set_image_size(visual: nn.Module, image_size: int | tuple[int, int]) -> nn.Module:
+    """Make an open_clip vision tower run at ``image_size`` (in place; returns the tower).
+
+    ViT: the patch-grid positional embedding is resized bicubically (class position kept), e.g.
+    14x14 -> 30x30 for a 224-trained ViT-B/16 at 480; ``image_size``/``grid_size`` are updated so
+    open_clip's ``encode_image`` works at that size. ModifiedResNet: the attention-pool positional
+    embedding is resized the same way (grid = size / 32). timm towers use their ``set_input_size``.
+    Resizing to the current size changes nothing.
+    """
+    height, width = _size_pair(image_size)
+    if hasattr(visual, "positional_embedding") and hasattr(visual, "patch_size"):  # open_clip ViT
+        patch_h, patch_w = _size_pair(visual.patch_size, "patch_size")
+        if height % patch_h or width % patch_w:
+            raise ValueError(f"image_size {image_size} is not a multiple of the patch size {visual.patch_size}")
+        grid = (height // patch_h, width // patch_w)
+        if tuple(visual.grid_size) != grid:
+            _replace_parameter(visual, "positional_embedding", resize_pos_embed(visual.positional_embedding, grid))
+        visual.grid_size = grid
+        visual.image_size = (height, width)
+    elif hasattr(visual, "attnpool"):  # open_clip ModifiedResNet: stem /4, then three stride-2 stages
+        if height != width or height % 32:
+            raise ValueError(f"ModifiedResNet needs a square image_size divisible by 32, got {image_size}")
+        pool = visual.attnpool
+        grid = height // 32
+        if pool.positional_embedding.shape[0] != grid * grid + 1:
+            _replace_parameter(pool, "positional_embedding", resize_pos_embed(pool.positional_embedding, grid))
+        visual.image_size = height
+    elif hasattr(visual, "set_input_size"):  # timm towers resize themselves
+        visual.set_input_size((height, width))
+    else:
+        raise ValueError(f"do not know how to resize the input of a {type(visual).__name__} tower")
+    if isinstance(getattr(visual, "preprocess_cfg", None), dict):
+        visual.preprocess_cfg["size"] = (height, width) if height != width else height
+    return visual
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images
+
+
+def preprocess_images(
+    images: Sequence[torch.Tensor] | torch.Tensor,
+    size: int,
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+) -> torch.Tensor:
+    """uint8 RGB images -> CLIP input: whole image resized to ``size x size``, then normalised.
+
+    ``images`` is a list of uint8 ``[3, H, W]`` tensors (sizes may differ) or a uint8 ``[B, 3, H, W]``
+    tensor. The resize is bicubic with antialiasing (PyTorch's PIL-like kernel), clamped to the uint8
+    range as PIL does but not rounded. Returns float32 ``[B, 3, size, size]`` on the images' device.
+    No crop: the proposal masks cover the whole image, so the whole image must reach CLIP.
+    """
+    if not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got mean={mean!r} std={std!r}")
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(
+                f"images must be a [B, 3, H, W] tensor or a list of [3, H, W] tensors, got shape "
+                f"{tuple(images.shape)} (wrap a single image in a list)"
+            )
+        batch = [images]
+    else:
+        if len(images) == 0:
+            raise ValueError("images is empty")
+        batch = []
+        for index, image in enumerate(images):
+            if not isinstance(image, torch.Tensor) or image.ndim != 3:
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"images[{index}] must be a uint8 [3, H, W] tensor, got {shape}")
+            batch.append(image[None])
+    resized = []
+    for index, chunk in enumerate(batch):
+        if chunk.dtype != torch.uint8:
+            raise ValueError(
+                f"images must be uint8 RGB (0..255), got {chunk.dtype} at {index}; CLIP normalisation "
+                "is applied here, so pass raw images"
+            )
+        if chunk.shape[1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels, got {chunk.shape[1]} at {index}")
+        out = F.interpolate(chunk.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        resized.append(out.clamp_(0, 255))
+    pixels = torch.cat(resized) / 255.0
+    mean_t = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text classifiers
+
+
+def readable_name(class_name: str) -> str:
+    """An optional prompt name: '_' and '-' become spaces ('wall-concrete' -> 'wall concrete').
+
+    Not applied by default (names are used exactly as given); pass ``prompt_name=readable_name`` to
+    :func:`text_classifier` to use it. It does not split glued words such as 'pottedplant'; give a
+    dict for those.
+    """
+    return " ".join(class_name.replace("_", " ").replace("-", " ").split())
+
+
+def _check_class_names(class_names) -> list[str]:
+    if isinstance(class_names, str):
+        raise ValueError(f"class_names must be a list of names, got the single string {class_names!r}")
+    names = list(class_names)
+    if not names:
+        raise ValueError("class_names is empty: a text classifier needs at least one class")
+    for index, name in enumerate(names):
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"class_names[{index}] must be a non-empty string, got {name!r}")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"class_names has duplicates: {', '.join(map(repr, duplicates))}")
+    return names
+
+
+def _resolve_templates(templates) -> list[str]:
+    if isinstance(templates, str):
+        if templates not in TEMPLATES:
+            raise ValueError(f"unknown template set {templates!r}; choose one of {sorted(TEMPLATES)} or give a list")
+        return list(TEMPLATES[templates])
+    resolved = list(templates)
+    if not resolved:
+        raise ValueError("templates is empty")
+    for template in resolved:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise ValueError(f"each template needs exactly one '{{}}' for the class name, got {template!r}")
+    return resolved
+
+
+def _prompt_names(names: list[str], prompt_name) -> list[str]:
+    if prompt_name is None:
+        return names
+    if callable(prompt_name):
+        return [prompt_name(name) for name in names]
+    if isinstance(prompt_name, Mapping):
+        return [prompt_name.get(name, name) for name in names]
+    raise ValueError(f"prompt_name must be None, a callable or a dict, got {type(prompt_name).__name__}")
+
+
+def text_weights_fingerprint(model: nn.Module) -> str:
+    """A hash of every weight outside the vision tower (the text tower and logit scale).
+
+    Part of the text-classifier cache key, so a model whose text weights changed (another checkpoint,
+    a fine-tune) never reuses stale embeddings, while fine-tuning only the vision tower (as MAFT
+    does) keeps hitting the cache.
+    """
+    digest = hashlib.sha1()
+    for key, value in sorted(model.state_dict().items()):
+        if key.startswith("visual."):
+            continue
+        flat = value.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{key}:{flat.dtype}:{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()
+
+
+def _text_cache_key(model, tokenizer, prompt_names: list[str], templates: list[str]) -> tuple[str, dict]:
+    source = getattr(model, "maft_source", {"name": type(model).__name__, "pretrained": None})
+    identity = {
+        "version": _TEXT_CACHE_VERSION,
+        "model": source.get("name"),
+        "pretrained": source.get("pretrained"),
+        "text_weights": text_weights_fingerprint(model),
+        "tokenizer": f"{type(tokenizer).__name__}:{getattr(tokenizer, 'context_length', None)}",
+        "templates": templates,
+        "class_names": prompt_names,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    return key, identity
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()  # not inference_mode: the result is later multiplied with tensors that need grad
+def _encode_prompts(model, tokenizer, prompts: list[str], device, batch_size: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    chunks = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="text classifier", unit="batch", disable=len(starts) <= 1, leave=False):
+        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
+        chunks.append(model.encode_text(tokens).float())
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def _read_text_cache(path: Path) -> dict | None:
+    """A cache entry, or None when there is none or it cannot be read (then it is recomputed)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a damaged entry is only a miss, never a wrong answer
+        logging.getLogger(__name__).warning("ignoring unreadable text-classifier cache %s: %s", path, error)
+        return None
+
+
+def text_classifier(
+    model: nn.Module,
+    tokenizer: Callable,
+    class_names: Sequence[str],
+    templates: str | Sequence[str] = "vild",
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 256,
+    prompt_name: Callable[[str], str] | Mapping[str, str] | None = None,
+) -> torch.Tensor:
+    """Text embedding per class: ``[C, D]`` float32, rows L2-normalised.
+
+    For each class, every template is filled with the class name and encoded by the CLIP text tower;
+    each template's embedding is L2-normalised, the embeddings are averaged over templates and the
+    mean is normalised again (the ViLD/ZSSeg/MAFT recipe).
+
+    Args:
+        templates: "vild" (14, MAFT's choice), "imagenet" (80), "single", or a list of format strings.
+        cache: reuse/store the result on disk under ``cache_dir`` (default
+            ``maft.paths.cache_dir("text")``), keyed by model name, pretrained weights, a hash of the
+            text weights, tokenizer, templates and prompt names.
+        device: where the result goes (default: the model's device); encoding runs on the model's
+            device.
+        prompt_name: optional mapping from class name to the text put into the templates (a dict, or a
+            callable such as :func:`readable_name`); by default names are used exactly as given.
+    """
+    names = _check_class_names(class_names)
+    template_list = _resolve_templates(templates)
+    prompt_names = _prompt_names(names, prompt_name)
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    model_device = _model_device(model)
+    device = torch.device(device) if device is not None else model_device
+
+    cache_file = None
+    if cache:
+        key, identity = _text_cache_key(model, tokenizer, prompt_names, template_list)
+        folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir("text")
+        cache_file = folder / f"{key}.pt"
+        stored = _read_text_cache(cache_file)
+        if stored is not None and stored.get("identity") == identity:
+            return stored["embeddings"].to(device)
+
+    prompts = [template.format(name) for name in prompt_names for template in template_list]
+    embeddings = _encode_prompts(model, tokenizer, prompts, model_device, batch_size)
+    per_template = F.normalize(embeddings.view(len(names), len(template_list), -1), dim=-1)
+    classifier = F.normalize(per_template.mean(dim=1), dim=-1)
+
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent reader never sees a half-written file.
+        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        torch.save({"identity": identity, "embeddings": classifier.cpu()}, partial)
+        os.replace(partial, cache_file)
+    return classifier.to(device)
+
+
+def class_probabilities(embeddings: torch.Tensor, text: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
+    """Paper eq. 1: ``softmax_c(logit_scale * cos(embeddings_n, text_c))`` -> ``[N, C]``.
+
+    ``embeddings`` ``[N, D]`` need not be normalised (both sides are normalised here); N may be 0.
+    Computed in float32; gradients flow to ``embeddings`` (and ``text`` if it needs them).
+    """
+    if embeddings.ndim != 2 or text.ndim != 2:
+        raise ValueError(
+            f"embeddings must be [N, D] and text [C, D], got {tuple(embeddings.shape)} and {tuple(text.shape)}"
+        )
+    if embeddings.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"embedding width {embeddings.shape[1]} differs from text width {text.shape[1]} "
+            "(text classifier built with another CLIP?)"
+        )
+    if text.shape[0] == 0:
+        raise ValueError("text has no classes (C = 0)")
+    # float32 even under autocast: logits of scale 100 lose ~0.5 to bfloat16 rounding.
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        image = F.normalize(embeddings.float(), dim=-1)
+        classes = F.normalize(text.float().to(image.device), dim=-1)
+        return (logit_scale * image @ classes.T).softmax(dim=-1)
