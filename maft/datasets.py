@@ -192,11 +192,14 @@ def available_splits(folder: Path, folder_spec: FolderSpec) -> list[str]:
 def classes_per_image(dataset: SegDataset, progress: bool = True) -> list[np.ndarray]:
     """For each item, the sorted contiguous class ids present in its label (this dataset's view)."""
     present = []
-    for index in tqdm(range(len(dataset)), desc=f"reading {dataset.name}/{dataset.split} labels",
+    for index in tqdm(range(len(dataset)), desc=f"reading {dataset.name}/{getattr(dataset, 'split', '')} labels",
                       disable=not progress, leave=False):
-        item = dataset.items[index]
-        # Mapping the distinct raw values is enough (and validates them); no need to map every pixel.
-        ids = dataset.map_labels(np.unique(read_label(item.label_path)), str(item.label_path))
+        if isinstance(dataset, SegDataset):
+            item = dataset.items[index]
+            # Mapping the distinct raw values is enough (and validates them); no need to map every pixel.
+            ids = dataset.map_labels(np.unique(read_label(item.label_path)), str(item.label_path))
+        else:  # any dataset with the sample contract, e.g. the generated world
+            ids = np.unique(dataset[index]["label"].numpy())
         present.append(np.unique(ids[ids != dataset.ignore_index]))
     return present
 

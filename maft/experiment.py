@@ -36,7 +36,7 @@ def build_clip(config: dict[str, Any], device: str = "cpu"):
     from .clip import load_clip
 
     model_cfg = with_defaults(config)["model"]
-    return load_clip(model_cfg["name"], pretrained=model_cfg["pretrained"], device=device,
+    return load_clip(model_cfg["name"], pretrained=resolve_pretrained(model_cfg), device=device,
                      image_size=model_cfg["image_size"])
 
 
@@ -67,3 +67,55 @@ def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names,
 
     templates = with_defaults(config)["text"]["templates"]
     return text_classifier(model, tokenizer, class_names, templates=templates, device=device)
+
+
+def load(name_or_path, overrides=()) -> dict[str, Any]:
+    """An experiment config (shipped name or YAML path) with overrides applied and defaults filled."""
+    from .config import load_config
+
+    return with_defaults(load_config(name_or_path, overrides))
+
+
+def resolve_pretrained(model_cfg: dict[str, Any]):
+    """``pretrained`` as load_clip takes it; the tag ``world`` is the world CLIP, built on first use."""
+    if model_cfg["pretrained"] == "world":
+        from .world_clip import MODEL_NAME, ensure_world_clip
+
+        if model_cfg["name"] != MODEL_NAME:
+            raise ValueError(f"pretrained 'world' exists only for model {MODEL_NAME!r}, not {model_cfg['name']!r}")
+        return str(ensure_world_clip())
+    return model_cfg["pretrained"]
+
+
+def describe(config: dict[str, Any]) -> str:
+    """A few lines saying what the experiment runs (for notebooks and logs)."""
+    config = with_defaults(config)
+    model, data, proposals = config["model"], config["data"], config["proposals"]
+    lines = [
+        f"model:      {model['name']} (weights: {model['pretrained'] or 'random init'}) at {model['image_size']} px, "
+        f"IP-CLIP start layer {model['start_layer'] if model['start_layer'] is not None else 'default'}",
+        f"data:       {data['dataset']} (train: {data['train_split']}, evaluation: {data['eval_split']})",
+        f"proposals:  {proposals['kind']} {proposals.get('settings') or ''}".rstrip(),
+        f"text:       {config['text']['templates']} templates",
+    ]
+    if "train" in config:
+        train = config["train"]
+        lines.append(f"fine-tune:  {train.get('iterations')} iterations x batch {train.get('batch_size')}, "
+                     f"lr {train.get('lr')}, trainable {train.get('trainable')}, "
+                     f"loss {train.get('loss')} + {train.get('distill_weight')} x self-distillation")
+    return "\n".join(lines)
+
+
+def environment_summary(device: str = "cpu") -> dict[str, Any]:
+    """Versions and hardware that decide whether a run reproduces."""
+    import platform
+
+    import open_clip
+    import torch
+
+    summary = {"python": platform.python_version(), "torch": torch.__version__,
+               "open_clip": open_clip.__version__, "device": device, "cpu_threads": torch.get_num_threads(),
+               "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        summary["gpu"] = torch.cuda.get_device_name(0)
+    return summary
