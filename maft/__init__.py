@@ -43,6 +43,7 @@ _EXPORTS = {
     "finetune": "maft.train",
     "ensemble_scores": "maft.inference",
     "semantic_map": "maft.inference",
+    "Segmenter": "maft.inference",
     "evaluate": "maft.evaluate",
     "mask_awareness": "maft.evaluate",
     "predict": "maft.predict",

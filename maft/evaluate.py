@@ -1,0 +1,435 @@
+"""Zero-shot segmentation evaluation: mIoU / hIoU, the upper bound (paper Table 7) and mask-awareness.
+
+:func:`evaluate` runs a proposal generator and a proposal classifier (frozen CLIP, IP-CLIP or a
+fine-tuned IP-CLIP) over a dataset split through :class:`maft.inference.Segmenter` and reports:
+
+- the standard protocol (confusion matrix over all pixels, 255 ignored; mIoU, mIoU-seen, mIoU-unseen,
+  hIoU, per-class IoU, pixel accuracy) from :mod:`maft.metrics`;
+- ``upper_bound`` (Appendix C.1): A^c replaced by S_IoU, the IoU of every proposal with every
+  ground-truth class map, and the same metrics of that semantic map: what a perfect classifier could
+  reach with these proposals;
+- ``mask_awareness``: for every ground-truth region (one class in one image), the Spearman correlation
+  between that class's column of A^c over the image's proposals and the proposals' IoU with the region,
+  averaged over regions. A mask-aware classifier ranks proposals by quality (correlation near 1); the
+  paper's claim is that frozen CLIP does not and MAFT does.
+
+Conventions: IoUs with ground-truth regions leave out ignored pixels (they count neither as object nor
+background, as in the mask-aware loss, :func:`maft.losses.soft_iou`). A pixel that no proposal covers
+gets no prediction (:data:`maft.inference.NO_PREDICTION`) and counts as a miss of its ground-truth
+class (false negative) without a false positive for any class. All metrics are percentages.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .inference import NO_PREDICTION, Segmenter, semantic_map
+
+EVAL_DEFAULTS: dict[str, Any] = {
+    "classifier": "ipclip",     # ipclip | frozen
+    "ensemble_lambda": None,    # None = CLIP only (paper Table 2); else eq. 9 with this lambda
+    "variant": "paper",         # paper (eq. 9 as printed) | zsseg (the authors' code)
+    "merge": "mask_and_crop",   # frozen CLIP's merge operation (Appendix A)
+    "input_size": None,         # frozen CLIP's sub-image size (None = the tower's size)
+    "sliding_window": False,
+    "window": None,
+    "stride": None,
+    "max_images": None,
+    "out": None,                # None = outputs/eval/<name>.json
+}
+CLASSIFIERS = ("ipclip", "frozen")
+
+
+# --------------------------------------------------------------------------------------------------
+# Ground truth checks and IoU with ground-truth regions
+# --------------------------------------------------------------------------------------------------
+def check_label(label: torch.Tensor, num_classes: int, ignore_index: int = 255, where: str = "label") -> None:
+    """ValueError when ``label`` holds ids that do not index the class list (the list omits classes)."""
+    valid = label != ignore_index
+    bad = torch.unique(label[valid & ((label < 0) | (label >= num_classes))])
+    if len(bad):
+        raise ValueError(
+            f"{where} holds class ids {bad.tolist()} but the class list has only {num_classes} classes "
+            f"(ids 0..{num_classes - 1}, {ignore_index} = ignore): the class list omits classes present "
+            f"in the ground truth")
+
+
+def present_classes(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Sorted class ids occurring in ``label`` (ignore excluded)."""
+    values = torch.unique(label)
+    return values[values != ignore_index]
+
+
+def region_ious(masks: torch.Tensor, label: torch.Tensor, classes: torch.Tensor,
+                ignore_index: int = 255) -> torch.Tensor:
+    """[K, N] soft IoU of the N proposals with the binary map of each class in ``classes`` (K ids).
+
+    Ignored pixels are left out of the intersection and both areas (as in the mask-aware loss).
+    """
+    from .losses import resize_to, soft_iou
+
+    label = label.to(masks.device)
+    masks = resize_to(masks, label.shape)
+    targets = label[None] == classes.to(label.device)[:, None, None]
+    return soft_iou(masks, targets, valid=label != ignore_index)
+
+
+def upper_bound_map(masks: torch.Tensor, label: torch.Tensor, num_classes: int,
+                    ignore_index: int = 255) -> torch.Tensor:
+    """Paper Table 7: the semantic map with A^c replaced by S_IoU [N, C] (0 for classes not in the image)."""
+    classes = present_classes(label, ignore_index)
+    scores = torch.zeros(masks.shape[0], num_classes, device=masks.device)
+    if masks.shape[0] and len(classes):
+        scores[:, classes.to(masks.device)] = region_ious(masks, label, classes, ignore_index).T
+    return semantic_map(scores, masks, size=tuple(label.shape))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mask-awareness diagnostic
+# --------------------------------------------------------------------------------------------------
+def region_correlations(probs: torch.Tensor, masks: torch.Tensor, label: torch.Tensor,
+                        ignore_index: int = 255) -> tuple[list[tuple[int, float]], int]:
+    """Spearman correlation per ground-truth region of one image.
+
+    For each class k present in ``label``: rho(probs[:, k], IoU(proposals, region k)) over the N
+    proposals. Returns ([(k, rho), ...], number of regions skipped because the IoUs or the scores are
+    constant over the proposals, e.g. N < 2: no ranking to compare).
+    """
+    from scipy.stats import spearmanr
+
+    classes = present_classes(label, ignore_index)
+    if len(classes) == 0:
+        return [], 0
+    if masks.shape[0] < 2:
+        return [], len(classes)
+    ious = region_ious(masks.float(), label, classes, ignore_index).double().cpu().numpy()
+    scores = probs.double().cpu().numpy()
+    correlations, skipped = [], 0
+    for row, k in enumerate(classes.tolist()):
+        iou, score = ious[row], scores[:, k]
+        if np.ptp(iou) == 0 or np.ptp(score) == 0:
+            skipped += 1
+            continue
+        correlations.append((k, float(spearmanr(score, iou)[0])))
+    return correlations, skipped
+
+
+def summarize_correlations(correlations: Sequence[tuple[int, float]], skipped: int,
+                           seen: Sequence[int] | None = None, unseen: Sequence[int] | None = None) -> dict:
+    """mean, std, n_regions, n_skipped (and the same means over seen / unseen regions when given)."""
+    values = np.array([rho for _, rho in correlations], dtype=np.float64)
+    summary = {
+        "mean": float(values.mean()) if len(values) else None,
+        "std": float(values.std()) if len(values) else None,
+        "n_regions": int(len(values)),
+        "n_skipped": int(skipped),
+    }
+    for split, ids in (("seen", seen), ("unseen", unseen)):
+        if ids is None:
+            continue
+        ids = set(int(i) for i in ids)
+        part = np.array([rho for k, rho in correlations if k in ids], dtype=np.float64)
+        summary[f"mean_{split}"] = float(part.mean()) if len(part) else None
+        summary[f"n_regions_{split}"] = int(len(part))
+    return summary
+
+
+def mask_awareness(probs, masks, labels, ignore_index: int = 255, seen=None, unseen=None) -> dict:
+    """Mask-awareness of a classifier: mean Spearman rho between A^c and proposal IoU over GT regions.
+
+    ``probs`` [N, C] (A^c), ``masks`` [N, H, W] and ``labels`` [H, W] for one image, or three equally
+    long sequences of those for several images. Returns ``{mean, std, n_regions, n_skipped}`` (plus
+    ``mean_seen``/``mean_unseen`` when ``seen``/``unseen`` class ids are given); ``mean`` is None when
+    no region could be scored.
+    """
+    if isinstance(labels, torch.Tensor):
+        probs, masks, labels = [probs], [masks], [labels]
+    if not len(probs) == len(masks) == len(labels):
+        raise ValueError(f"mask_awareness: {len(probs)} probs, {len(masks)} masks, {len(labels)} labels")
+    correlations, skipped = [], 0
+    for image_probs, image_masks, label in zip(probs, masks, labels):
+        if image_probs.shape[0] != image_masks.shape[0]:
+            raise ValueError(f"mask_awareness: {image_probs.shape[0]} score rows for {image_masks.shape[0]} masks")
+        check_label(label, image_probs.shape[1], ignore_index)
+        found, missed = region_correlations(image_probs, image_masks, label, ignore_index)
+        correlations += found
+        skipped += missed
+    return summarize_correlations(correlations, skipped, seen, unseen)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation over a dataset
+# --------------------------------------------------------------------------------------------------
+def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int,
+             ensemble_lambda: float | None = None, max_images: int | None = None, progress: bool = True,
+             variant: str = "paper", classes: Sequence[str] | None = None, sliding_window: bool = False,
+             window: int | None = None, stride: int | None = None, upper_bound: bool = True) -> dict:
+    """Zero-shot segmentation metrics of ``classifier`` + ``generator`` on ``dataset``.
+
+    ``text`` [C, D] is the text classifier for ``classes`` (default ``dataset.classes``); label ids must
+    index that list. Seen/unseen classes come from ``dataset.seen``/``dataset.unseen``. Returns a dict
+    (JSON-ready) with ``miou``, ``miou_seen``, ``miou_unseen``, ``hiou``, ``pixel_acc``,
+    ``per_class_iou`` {name: IoU or None}, ``mask_awareness`` (see :func:`mask_awareness`),
+    ``upper_bound`` (the same metrics with A^c replaced by S_IoU), ``n_images``, ``n_proposals``,
+    ``uncovered_fraction`` (share of evaluated pixels no proposal covered) and ``settings``.
+    """
+    from tqdm.auto import tqdm
+
+    classes = list(dataset.classes if classes is None else classes)
+    num_classes = len(classes)
+    if text.ndim != 2 or text.shape[0] != num_classes:
+        raise ValueError(f"text classifier has shape {tuple(text.shape)} but there are {num_classes} "
+                         f"classes; build it for the evaluated class list")
+    seen, unseen = list(dataset.seen), list(dataset.unseen)
+    for name, ids in (("seen", seen), ("unseen", unseen)):
+        if any(not 0 <= i < num_classes for i in ids):
+            raise ValueError(f"dataset.{name} holds class ids outside 0..{num_classes - 1}: {ids}")
+    ignore_index = getattr(dataset, "ignore_index", 255)
+    segmenter = Segmenter(classifier, generator, text, image_size, seen=seen, ensemble_lambda=ensemble_lambda,
+                          variant=variant, classes=classes, sliding_window=sliding_window, window=window,
+                          stride=stride)
+    if hasattr(classifier, "eval"):
+        classifier.eval()
+
+    total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
+    confusion = new_confusion(num_classes, ignore_index)
+    bound = new_confusion(num_classes, ignore_index)
+    correlations, skipped = [], 0
+    num_proposals = evaluated_pixels = uncovered_pixels = 0
+    for index in tqdm(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(), disable=not progress):
+        sample = dataset[index]
+        label = sample["label"]
+        where = f"label of image {sample.get('id', index)!r} ({sample.get('label_path', 'no path')})"
+        check_label(label, num_classes, ignore_index, where)
+        result = segmenter(sample)
+        add_image(confusion, result.label_map, label)
+        if upper_bound:
+            add_image(bound, upper_bound_map(result.masks, label, num_classes, ignore_index), label)
+        found, missed = region_correlations(result.clip_probs, result.masks, label, ignore_index)
+        correlations += found
+        skipped += missed
+        valid = label != ignore_index
+        num_proposals += int(result.masks.shape[0])
+        evaluated_pixels += int(valid.sum())
+        uncovered_pixels += int(((result.label_map == NO_PREDICTION) & valid).sum())
+
+    metrics = confusion_metrics(confusion, classes, seen, unseen)
+    metrics["mask_awareness"] = summarize_correlations(correlations, skipped, seen, unseen)
+    metrics["upper_bound"] = confusion_metrics(bound, classes, seen, unseen) if upper_bound else None
+    metrics.update(
+        n_images=total,
+        n_proposals=num_proposals,
+        uncovered_fraction=uncovered_pixels / evaluated_pixels if evaluated_pixels else None,
+        settings={"image_size": int(image_size), "ensemble_lambda": ensemble_lambda, "variant": variant,
+                  "sliding_window": sliding_window, "window": segmenter.window if sliding_window else None,
+                  "stride": segmenter.stride if sliding_window else None},
+    )
+    return json_ready(metrics)
+
+
+NO_PREDICTION_NAME = "<no prediction>"
+
+
+def new_confusion(num_classes: int, ignore_index: int = 255):
+    """A confusion matrix with one extra prediction column, index C, for pixels without prediction.
+
+    Ground truth is never C, so such a pixel adds to its class's ground-truth count (a miss) and to no
+    real class's prediction count: it lowers recall without inventing a false positive.
+    """
+    from .metrics import ConfusionMatrix
+
+    return ConfusionMatrix(num_classes + 1, ignore_index=ignore_index)
+
+
+def add_image(confusion, pred: torch.Tensor, gt: torch.Tensor) -> None:
+    """Add one image to a :func:`new_confusion` matrix (``pred`` may hold NO_PREDICTION)."""
+    unpredicted = confusion.num_classes - 1
+    pred = pred.cpu()
+    confusion.update(torch.where(pred == NO_PREDICTION, unpredicted, pred), gt.cpu())
+
+
+def confusion_metrics(confusion, classes: Sequence[str], seen: Sequence[int], unseen: Sequence[int]) -> dict:
+    """:func:`maft.metrics.segmentation_metrics` of a :func:`new_confusion` matrix.
+
+    The "no prediction" column is a pseudo class: it is dropped from ``per_class_iou`` and mIoU is the
+    mean over the real classes that have an IoU (seen/unseen/hIoU never include it).
+    """
+    from .metrics import segmentation_metrics
+
+    metrics = dict(segmentation_metrics(confusion, list(classes) + [NO_PREDICTION_NAME], seen, unseen))
+    metrics["per_class_iou"].pop(NO_PREDICTION_NAME)
+    values = [v for v in metrics["per_class_iou"].values() if v is not None]
+    metrics["miou"] = float(np.mean(values)) if values else None
+    return metrics
+
+
+def json_ready(value):
+    """NaN/inf -> None, tensors and numpy scalars -> Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Config-driven evaluation and the CLI
+# --------------------------------------------------------------------------------------------------
+def eval_settings(config: dict) -> dict:
+    """``config['eval']`` with defaults filled in; unknown keys are an error (a typo must not pass)."""
+    given = config.get("eval") or {}
+    unknown = sorted(set(given) - set(EVAL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config eval: unknown keys {unknown} (known: {sorted(EVAL_DEFAULTS)})")
+    settings = {**EVAL_DEFAULTS, **given}
+    if settings["classifier"] not in CLASSIFIERS:
+        raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
+    return settings
+
+
+def experiment_name(config: dict) -> str:
+    return str(config.get("name") or "experiment")
+
+
+def build_classifier(config: dict, model, checkpoint: str | Path | None = None):
+    """The proposal classifier of ``config['eval']``: IP-CLIP (optionally fine-tuned) or frozen CLIP."""
+    from .experiment import with_defaults
+
+    settings = eval_settings(config)
+    model_cfg = with_defaults(config)["model"]
+    if settings["classifier"] == "ipclip":
+        from .ipclip import IPCLIP
+
+        classifier = IPCLIP(model.visual, start_layer=model_cfg["start_layer"])
+        if checkpoint is not None:
+            from .train import load_finetuned
+
+            load_finetuned(classifier, checkpoint, config=config)  # clear error for another model/config
+    else:
+        if checkpoint is not None:
+            raise ValueError("a checkpoint holds a fine-tuned IP-CLIP; eval.classifier=frozen takes none "
+                             "(set eval.classifier=ipclip)")
+        from .baseline import FrozenCLIP
+
+        classifier = FrozenCLIP(model.visual, merge=settings["merge"], input_size=settings["input_size"])
+    return classifier.eval()
+
+
+def resolve_output_path(out: str | Path | None, name: str) -> Path:
+    """``eval.out`` with ``<name>`` filled in; None or a path under ``outputs/`` goes to the outputs root."""
+    from .paths import outputs_dir
+
+    if out is None:
+        return outputs_dir("eval", create=False) / f"{name}.json"
+    path = Path(str(out).replace("<name>", name))
+    if not path.is_absolute() and path.parts and path.parts[0] == "outputs":
+        return outputs_dir(*path.parts[1:-1], create=False) / path.name
+    return path
+
+
+def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
+    """Write ``data`` as JSON; an existing file is replaced only with ``overwrite=True``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(json_ready(data), indent=2) + "\n")
+    partial.replace(path)
+    return path
+
+
+def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str | Path | None = None,
+                    overwrite: bool = False, device: str = "cpu", progress: bool = True) -> dict:
+    """Build CLIP, dataset, generator, text classifier and classifier from ``config``, evaluate, write JSON.
+
+    The metrics go to ``out`` (default ``eval.out``, default ``outputs/eval/<name>.json``); an existing
+    file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
+    """
+    from .experiment import build_dataset_split, build_generator, build_text_classifier, with_defaults
+    from .train import build_base_model
+
+    config = copy.deepcopy(config)
+    settings = eval_settings(config)
+    full = with_defaults(config)
+    path = resolve_output_path(out if out is not None else settings["out"], experiment_name(config))
+    if path.exists() and not overwrite:  # fail before the (long) evaluation, not after
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
+    torch.manual_seed(int(full["seed"]))
+
+    start = time.perf_counter()
+    model, _, tokenizer = build_base_model(config, device=device)  # random towers: seeded as in training
+    dataset = build_dataset_split(config, "eval_split", mode="eval")
+    generator = build_generator(config)
+    text = build_text_classifier(config, model, tokenizer, dataset.classes, device=device)
+    classifier = build_classifier(config, model, checkpoint).to(device)
+    metrics = evaluate(classifier, generator, dataset, text, full["model"]["image_size"],
+                       ensemble_lambda=settings["ensemble_lambda"], max_images=settings["max_images"],
+                       progress=progress, variant=settings["variant"], sliding_window=settings["sliding_window"],
+                       window=settings["window"], stride=settings["stride"])
+    metrics.update(
+        name=experiment_name(config),
+        dataset=full["data"]["dataset"],
+        split=full["data"]["eval_split"],
+        classifier=settings["classifier"],
+        proposals=full["proposals"]["kind"],
+        checkpoint=None if checkpoint is None else str(checkpoint),
+        seconds=round(time.perf_counter() - start, 3),
+        config=config,
+    )
+    write_json(metrics, path, overwrite=overwrite)
+    return {**metrics, "path": str(path)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (a path or a shipped config name)")
+    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint (from maft train)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set eval.ensemble_lambda=0.7 (repeatable)")
+    parser.add_argument("--out", default=None, help="metrics JSON (default: eval.out or outputs/eval/<name>.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    config = load_config(args.config, args.overrides)
+    config.setdefault("name", Path(args.config).stem)
+    result = evaluate_config(config, checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
+                             device=args.device, progress=not args.no_progress)
+    print(format_summary(result))
+    print(f"metrics written to {result['path']}")
+    return 0
+
+
+def format_summary(metrics: dict) -> str:
+    def pct(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    awareness = metrics.get("mask_awareness") or {}
+    lines = [f"mIoU {pct(metrics.get('miou'))}  seen {pct(metrics.get('miou_seen'))}  "
+             f"unseen {pct(metrics.get('miou_unseen'))}  hIoU {pct(metrics.get('hiou'))}  "
+             f"({metrics.get('n_images')} images)"]
+    if metrics.get("upper_bound"):
+        ub = metrics["upper_bound"]
+        lines.append(f"upper bound (S_IoU): mIoU {pct(ub.get('miou'))}  hIoU {pct(ub.get('hiou'))}")
+    rho = awareness.get("mean")
+    lines.append(f"mask-awareness (Spearman): {'n/a' if rho is None else f'{rho:.3f}'} over "
+                 f"{awareness.get('n_regions', 0)} regions ({awareness.get('n_skipped', 0)} skipped)")
+    return "\n".join(lines)

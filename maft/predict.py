@@ -1,0 +1,275 @@
+"""Segment one image with any list of class names: label map, coloured overlay and legend.
+
+Python::
+
+    from maft.predict import predict
+    result = predict("photo.jpg", ["cat", "sofa", "wall"], config="voc20_cpu",
+                     checkpoint="outputs/train/voc20_cpu/final.pt", proposals="sam")
+    result.label_map      # int64 [H, W], index into the class names, -1 = no proposal covers the pixel
+    result.overlay        # uint8 [H, W, 3]
+
+CLI::
+
+    maft predict photo.jpg --classes "cat,sofa,wall" --config voc20_cpu --checkpoint final.pt \
+        --proposals sam --out overlay.png
+
+No detectron2 and no compiled ops: proposals come from :mod:`maft.proposals` (SAM, Mask2Former from
+``transformers``, precomputed files, or ground-truth-derived ones given ``--label`` for analysis).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .inference import NO_PREDICTION, Segmenter
+
+# Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
+LABELS_NONE_8BIT = 255
+LABELS_NONE_16BIT = 65535
+
+
+@dataclass
+class PredictResult:
+    label_map: torch.Tensor     # int64 [H, W]: class index, or -1 (NO_PREDICTION) where no proposal covers the pixel
+    overlay: np.ndarray         # uint8 [H, W, 3]
+    probs: torch.Tensor         # [N, C] final proposal scores (after the ensemble, if any)
+    clip_probs: torch.Tensor    # [N, C] A^c of the proposal classifier
+    proposals: object           # maft.proposals.Proposals (masks at image resolution)
+    classes: list[str]
+
+    def figure(self, image, title: str | None = None):
+        """The overlay with a legend of the classes present (a matplotlib Figure)."""
+        from .viz import overlay_figure
+
+        return overlay_figure(image, self.label_map, self.classes, title=title)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------------
+def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
+    """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names."""
+    names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+    names = [str(name).strip() for name in names]
+    if not names or all(not name for name in names):
+        raise ValueError("class names: the list is empty (give e.g. --classes \"cat,dog,grass\")")
+    if any(not name for name in names):
+        raise ValueError(f"class names: empty name in {names} (check for doubled or trailing commas)")
+    seen, duplicates = set(), []
+    for name in names:
+        key = name.lower()
+        if key in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(key)
+    if duplicates:
+        raise ValueError(f"class names: {duplicates} appear more than once; each class must be named once")
+    return names
+
+
+def read_image(image) -> tuple[torch.Tensor, str]:
+    """A path, an HxWx3 uint8 array or a uint8 tensor ([3,H,W] or [H,W,3]) -> (uint8 [3,H,W], id)."""
+    if isinstance(image, (str, Path)):
+        from .datasets import read_image as read_image_file  # RGB conversion, clear error when corrupt
+
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {str(path)!r} does not exist")
+        return read_image_file(path), path.stem
+    tensor = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image.detach().cpu()
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"image array must be uint8 RGB, got {tensor.dtype}")
+    if tensor.ndim == 3 and tensor.shape[-1] == 3 and tensor.shape[0] != 3:
+        tensor = tensor.permute(2, 0, 1)
+    if tensor.ndim != 3 or tensor.shape[0] != 3:
+        raise ValueError(f"image must be [H, W, 3] or [3, H, W] RGB, got shape {tuple(tensor.shape)}")
+    return tensor.contiguous(), "image"
+
+
+def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """A label map (PNG path, array or tensor) of class indices into the class names (255 = ignore)."""
+    from .evaluate import check_label
+
+    where = "label"
+    if isinstance(label, (str, Path)):
+        from .datasets import read_label as read_label_file  # single-channel index PNG, clear errors
+
+        path = Path(label)
+        where = f"label {str(path)!r}"
+        if not path.is_file():
+            raise FileNotFoundError(f"label {str(path)!r} does not exist")
+        label = read_label_file(path)
+    tensor = torch.as_tensor(np.asarray(label) if not isinstance(label, torch.Tensor) else label).long()
+    if tensor.ndim != 2:
+        raise ValueError(f"{where} must be a single-channel [H, W] map of class indices, got shape {tuple(tensor.shape)}")
+    if tuple(tensor.shape) != tuple(size):
+        raise ValueError(f"{where} is {tuple(tensor.shape)} but the image is {tuple(size)}")
+    check_label(tensor, num_classes, where=where)
+    return tensor
+
+
+def resolve_config(config) -> dict:
+    """A config dict, a YAML path or a shipped config name (None: the package defaults)."""
+    from .config import load_config
+    from .experiment import with_defaults
+
+    if config is None:
+        return with_defaults({})
+    if isinstance(config, dict):
+        return with_defaults(copy.deepcopy(config))
+    return with_defaults(load_config(config))
+
+
+def build_predict_generator(config: dict, proposals) -> Callable:
+    """A generator from ``proposals``: a kind ("sam", "gt", "mask2former", "file:DIR"; settings from the
+    config when its kind matches) or a ready callable."""
+    from .experiment import build_generator
+
+    if callable(proposals):
+        return proposals
+    if not isinstance(proposals, str):
+        raise ValueError(f"proposals must be a kind (sam, gt, mask2former, file:DIR) or a generator, got {proposals!r}")
+    config = copy.deepcopy(config)
+    if config["proposals"].get("kind") != proposals:
+        config["proposals"] = {"kind": proposals, "settings": {}}
+    return build_generator(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# The single-image API
+# --------------------------------------------------------------------------------------------------
+def predict(image, class_names: str | Sequence[str], config=None, model=None, checkpoint=None,
+            proposals="sam", label=None, classifier=None, text: torch.Tensor | None = None,
+            ensemble_lambda: float | None | str = "config", device: str = "cpu") -> PredictResult:
+    """Segment ``image`` into ``class_names``.
+
+    Args:
+        image: a file path, an HxWx3 uint8 array, or a uint8 tensor ([3,H,W] or [H,W,3]).
+        class_names: list of names or one comma-separated string; any vocabulary.
+        config: experiment config (dict, YAML path or shipped name); model, image size, text templates,
+            ensemble and proposal settings come from it. None = package defaults (ViT-B/16 OpenAI).
+        model: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse (else built from config).
+        checkpoint: a fine-tuned IP-CLIP checkpoint (``maft train``); None = IP-CLIP with CLIP's weights
+            (or frozen CLIP when ``eval.classifier`` is ``frozen``).
+        proposals: "sam" | "gt" | "mask2former" | "file:DIR" | a generator callable.
+        label: class-index map for ``proposals="gt"`` (path/array/tensor; indices into ``class_names``).
+        classifier, text: ready proposal classifier / text classifier [C, D] to reuse.
+        ensemble_lambda: "config" (use ``eval.ensemble_lambda``), None (CLIP only) or a number; the
+            ensemble needs a generator with class scores and treats the classes it scores as seen.
+    """
+    from .evaluate import build_classifier, eval_settings
+    from .experiment import build_text_classifier
+    from .train import build_base_model
+    from .viz import overlay
+
+    names = parse_class_names(class_names)
+    pixels, image_id = read_image(image)
+    config = resolve_config(config)
+    settings = eval_settings(config)
+    sample = {"image": pixels, "id": image_id}
+    if label is not None:
+        sample["label"] = read_label(label, tuple(pixels.shape[-2:]), len(names))
+    elif proposals == "gt":
+        raise ValueError("proposals='gt' derives proposals from a ground-truth label: pass label=... (--label PATH)")
+
+    if classifier is None or text is None:
+        clip_model, _, tokenizer = model if model is not None else build_base_model(config, device=device)
+        if text is None:
+            text = build_text_classifier(config, clip_model, tokenizer, names, device=device)
+        if classifier is None:
+            classifier = build_classifier(config, clip_model, checkpoint).to(device)
+    if text.shape[0] != len(names):
+        raise ValueError(f"text classifier has {text.shape[0]} rows for {len(names)} class names")
+    generator = build_predict_generator(config, proposals)
+    lam = settings["ensemble_lambda"] if ensemble_lambda == "config" else ensemble_lambda
+    segmenter = Segmenter(classifier.eval(), generator, text, config["model"]["image_size"], seen=None,
+                          ensemble_lambda=lam, variant=settings["variant"], classes=names,
+                          sliding_window=settings["sliding_window"], window=settings["window"],
+                          stride=settings["stride"])
+    result = segmenter(sample)
+    proposals_out = result.proposals
+    if dataclasses.is_dataclass(proposals_out) and proposals_out.masks.shape != result.masks.shape:
+        proposals_out = dataclasses.replace(proposals_out, masks=result.masks)  # at image resolution
+    return PredictResult(result.label_map, overlay(pixels, result.label_map, names), result.probs,
+                         result.clip_probs, proposals_out, names)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+def output_paths(out: str | Path) -> dict[str, Path]:
+    """The files ``maft predict --out X.png`` writes: the overlay, a legend figure, the label map
+    (PNG of class indices, 255 = no prediction; 16-bit with 65535 from 255 classes on) and a JSON summary."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out {str(out)!r}: the overlay is written as PNG, give a .png path")
+    stem = out.with_suffix("")
+    return {"overlay": out, "legend": Path(f"{stem}_legend.png"), "labels": Path(f"{stem}_labels.png"),
+            "summary": Path(f"{stem}.json")}
+
+
+def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    from PIL import Image
+
+    from .viz import legend_entries, save_figure
+
+    paths = output_paths(out)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
+    paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(result.overlay).save(paths["overlay"])
+    labels = result.label_map.numpy()
+    none_value = LABELS_NONE_8BIT if len(result.classes) < LABELS_NONE_8BIT else LABELS_NONE_16BIT
+    stored = np.where(labels == NO_PREDICTION, none_value, labels)
+    Image.fromarray(stored.astype(np.uint8 if none_value == LABELS_NONE_8BIT else np.uint16)).save(paths["labels"])
+    fig = result.figure(image)
+    save_figure(fig, paths["legend"])
+    summary = {
+        "classes": result.classes,
+        "labels_png_no_prediction": none_value,
+        "n_proposals": int(result.probs.shape[0]),
+        "legend": [{"class": name, "rgb": list(rgb), "pixel_fraction": round(share, 6)}
+                   for name, rgb, share in legend_entries(result.label_map, result.classes)],
+    }
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (jpg/png/...)")
+    parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,grass"')
+    parser.add_argument("--config", default=None, help="experiment YAML or shipped config name (default: package defaults)")
+    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint")
+    parser.add_argument("--proposals", default="sam", help="sam | gt | mask2former | file:DIR (default sam)")
+    parser.add_argument("--label", default=None, help="label PNG of class indices (needed by --proposals gt)")
+    parser.add_argument("--out", required=True, help="overlay PNG; also writes <out>_legend.png, <out>_labels.png, <out>.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.image_size=224 (repeatable)")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, load_config
+    from .viz import legend_entries
+
+    existing = [str(p) for p in output_paths(args.out).values() if p.exists()]  # before loading any model
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite or choose another --out")
+    config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
+    pixels, _ = read_image(args.image)
+    result = predict(args.image, args.classes, config=config, checkpoint=args.checkpoint,
+                     proposals=args.proposals, label=args.label, device=args.device)
+    paths = write_outputs(result, pixels, args.out, overwrite=args.overwrite)
+    for name, rgb, share in legend_entries(result.label_map, result.classes):
+        print(f"{name:>24s}  {100 * share:5.1f}%  rgb{rgb}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

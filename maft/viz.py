@@ -1,0 +1,197 @@
+"""Pictures of segmentations: a class palette, coloured overlays with a legend, and proposals with their
+top-k class scores before/after fine-tuning (the paper's Figs. 3 and 7).
+
+Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so they work headless
+(Agg) and inside notebooks alike, and are never left open behind the caller's back.
+"""
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+NO_CLASS = 255
+
+
+# --------------------------------------------------------------------------------------------------
+# Colours
+# --------------------------------------------------------------------------------------------------
+def palette(num_classes: int) -> np.ndarray:
+    """uint8 [num_classes, 3] distinct RGB colours, the same for the same class index every time.
+
+    The first 20 are matplotlib's tab20 (saturated ones first), the rest walk the hue circle by the
+    golden ratio with alternating lightness, so neighbouring indices stay distinguishable.
+    """
+    from matplotlib import colormaps
+
+    tab20 = np.asarray(colormaps["tab20"].colors)
+    base = np.concatenate([tab20[0::2], tab20[1::2]])
+    colours = [tuple(c) for c in base[:num_classes]]
+    for i in range(len(colours), num_classes):
+        hue = (i * 0.618033988749895) % 1.0
+        lightness = (0.45, 0.6, 0.35)[i % 3]
+        colours.append(colorsys.hls_to_rgb(hue, lightness, 0.75))
+    return np.round(np.asarray(colours, dtype=np.float64).reshape(-1, 3) * 255).astype(np.uint8)
+
+
+def as_hwc_uint8(image) -> np.ndarray:
+    """An RGB image as a numpy uint8 [H, W, 3], from a uint8 [3,H,W]/[H,W,3] tensor or array."""
+    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"image must be RGB [3,H,W] or [H,W,3], got shape {array.shape}")
+    if array.dtype != np.uint8:
+        raise ValueError(f"image must be uint8, got {array.dtype}")
+    return np.ascontiguousarray(array)
+
+
+def _label_array(label_map) -> np.ndarray:
+    array = label_map.detach().cpu().numpy() if isinstance(label_map, torch.Tensor) else np.asarray(label_map)
+    if array.ndim != 2:
+        raise ValueError(f"label map must be [H, W], got shape {array.shape}")
+    return array.astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Overlay and legend
+# --------------------------------------------------------------------------------------------------
+def overlay(image, label_map, classes: Sequence[str] | None = None, alpha: float = 0.55,
+            colours: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [H, W, 3]: the image blended with one colour per class; pixels without a class (255 or
+    any id outside the class list) keep the image."""
+    pixels = as_hwc_uint8(image)
+    labels = _label_array(label_map)
+    if labels.shape != pixels.shape[:2]:
+        raise ValueError(f"label map {labels.shape} and image {pixels.shape[:2]} differ in size")
+    num_classes = len(classes) if classes is not None else int(labels[labels != NO_CLASS].max(initial=-1)) + 1
+    colours = palette(num_classes) if colours is None else np.asarray(colours, dtype=np.uint8)
+    coloured = (labels >= 0) & (labels < num_classes)
+    blended = pixels.astype(np.float32)
+    blended[coloured] = (1 - alpha) * blended[coloured] + alpha * colours[labels[coloured]]
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def legend_entries(label_map, classes: Sequence[str], colours: np.ndarray | None = None):
+    """[(class name, (r, g, b), pixel fraction)] for the classes present, largest first."""
+    labels = _label_array(label_map)
+    colours = palette(len(classes)) if colours is None else np.asarray(colours, dtype=np.uint8)
+    ids, counts = np.unique(labels[(labels >= 0) & (labels < len(classes))], return_counts=True)
+    total = labels.size
+    entries = [(classes[i], tuple(int(v) for v in colours[i]), c / total) for i, c in zip(ids, counts)]
+    return sorted(entries, key=lambda entry: -entry[2])
+
+
+def overlay_figure(image, label_map, classes: Sequence[str], alpha: float = 0.55, title: str | None = None,
+                   max_legend: int = 20) -> Figure:
+    """A figure of the overlay with a legend of the classes present (name and pixel share)."""
+    from matplotlib.patches import Patch
+
+    pixels = overlay(image, label_map, classes, alpha)
+    height, width = pixels.shape[:2]
+    fig = Figure(figsize=(4.0 * width / max(height, width) + 2.5, 4.0 * height / max(height, width) + 0.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(pixels)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    entries = legend_entries(label_map, classes)[:max_legend]
+    handles = [Patch(facecolor=np.asarray(rgb) / 255, edgecolor="black", label=f"{name} ({100 * share:.1f}%)")
+               for name, rgb, share in entries]
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Proposals with their top-k classes (paper Figs. 3 and 7)
+# --------------------------------------------------------------------------------------------------
+def highlight_mask(image, mask, dim: float = 0.3, colour=(255, 64, 64), rim_width: int | None = None) -> np.ndarray:
+    """uint8 [H, W, 3]: the proposal's pixels as they are, everything else darkened, a coloured rim
+    (``rim_width`` pixels; default about 1/150 of the shorter side, so it stays visible when scaled)."""
+    pixels = as_hwc_uint8(image).astype(np.float32)
+    on = (mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)) > 0.5
+    if on.shape != pixels.shape[:2]:
+        raise ValueError(f"mask {on.shape} and image {pixels.shape[:2]} differ in size")
+    pixels[~on] *= dim
+    inner = on
+    for _ in range(rim_width or max(1, min(on.shape) // 150)):
+        inner = _eroded(inner)
+    pixels[on & ~inner] = colour
+    return pixels.astype(np.uint8)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1, constant_values=False)
+    return (padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+
+
+def top_k(probs, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, values) of the k largest entries of a probability vector, largest first."""
+    values = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs, float)
+    order = np.argsort(-values, kind="stable")[: min(k, len(values))]
+    return order, values[order]
+
+
+def plot_proposals_topk(image, masks, probs_before, probs_after, classes: Sequence[str], k: int = 5,
+                        proposals: Sequence[int] | None = None, titles: tuple[str, str] = ("frozen CLIP", "MAFT"),
+                        true_class: Sequence[int | None] | None = None) -> Figure:
+    """One column per proposal: the proposal on the image, then bar charts of the top-k classes of
+    ``probs_before`` [N, C] and (if given) ``probs_after`` [N, C]. ``proposals`` picks the columns
+    (default: all, at most 6). ``true_class`` (per picked proposal) paints that class's bar green.
+    """
+    if masks.shape[0] != probs_before.shape[0] or (probs_after is not None and probs_after.shape != probs_before.shape):
+        raise ValueError(f"masks [N,H,W] and probs [N,C] disagree: {tuple(masks.shape)}, "
+                         f"{tuple(probs_before.shape)}, {None if probs_after is None else tuple(probs_after.shape)}")
+    if probs_before.shape[1] != len(classes):
+        raise ValueError(f"probs have {probs_before.shape[1]} columns for {len(classes)} class names")
+    picked = list(range(min(6, masks.shape[0]))) if proposals is None else [int(n) for n in proposals]
+    if not picked:
+        raise ValueError("plot_proposals_topk: no proposals to show")
+    if any(not 0 <= n < masks.shape[0] for n in picked):
+        raise ValueError(f"plot_proposals_topk: proposals {picked} outside 0..{masks.shape[0] - 1}")
+    if true_class is not None and len(true_class) != len(picked):
+        raise ValueError(f"plot_proposals_topk: {len(true_class)} true classes for {len(picked)} proposals")
+    rows = [(titles[0], probs_before)] + ([(titles[1], probs_after)] if probs_after is not None else [])
+    fig = Figure(figsize=(3.0 * len(picked), 2.6 + 1.9 * len(rows)))
+    grid = fig.add_gridspec(1 + len(rows), len(picked), height_ratios=[2.6] + [1.9] * len(rows))
+    for column, n in enumerate(picked):
+        ax = fig.add_subplot(grid[0, column])
+        ax.imshow(highlight_mask(image, masks[n]))
+        ax.set_title(f"proposal {n}", fontsize=9)
+        ax.set_axis_off()
+        target = None if true_class is None else true_class[column]
+        for row, (name, probs) in enumerate(rows, start=1):
+            ax = fig.add_subplot(grid[row, column])
+            ids, values = top_k(probs[n], k)
+            colours = ["tab:green" if target is not None and i == target else "tab:blue" for i in ids]
+            ax.barh(range(len(ids))[::-1], values, color=colours)
+            ax.set_yticks(range(len(ids))[::-1], [classes[i] for i in ids], fontsize=8)
+            ax.set_xlim(0, 1)
+            ax.tick_params(axis="x", labelsize=7)
+            if column == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def figure_to_array(fig: Figure, dpi: int = 80) -> np.ndarray:
+    """Render a figure to uint8 [H, W, 3] (for tests and embedding)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
