@@ -195,3 +195,108 @@ def figure_to_array(fig: Figure, dpi: int = 80) -> np.ndarray:
     fig.set_dpi(dpi)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures of the notebook series
+# --------------------------------------------------------------------------------------------------
+def sample_grid(samples: Sequence[dict], classes: Sequence[str], columns: int = 4) -> Figure:
+    """Dataset samples as image / overlay pairs, with the class names present as titles."""
+    rows = -(-len(samples) // columns)
+    fig = Figure(figsize=(2.4 * columns, 2.6 * rows))
+    for i, sample in enumerate(samples):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(overlay(sample["image"], sample["label"], classes, alpha=0.6))
+        present = [classes[c] for c in torch.unique(sample["label"]).tolist() if 0 <= c < len(classes)]
+        ax.set_title(", ".join(present), fontsize=7, wrap=True)
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_masks(image, masks, grid_size: tuple[int, int]) -> Figure:
+    """Each proposal on the image, the same proposal on the patch grid, and the class-query rows of the
+    attention mask (eq. 2: identity over the class tokens, then the flattened grid)."""
+    from .ipclip import class_token_attention_mask, resize_masks_to_grid
+
+    masks = masks.float()
+    on_grid = resize_masks_to_grid(masks, grid_size)
+    attention = class_token_attention_mask(masks, grid_size)
+    count = masks.shape[0]
+    fig = Figure(figsize=(2.2 * count + 4.5, 4.6))
+    grid = fig.add_gridspec(2, count + 1, width_ratios=[1] * count + [2.2])
+    for n in range(count):
+        top = fig.add_subplot(grid[0, n])
+        top.imshow(highlight_mask(image, masks[n]))
+        top.set_title(f"proposal {n}", fontsize=9)
+        top.set_axis_off()
+        bottom = fig.add_subplot(grid[1, n])
+        bottom.imshow(on_grid[n].numpy(), cmap="Greens", vmin=0, vmax=1)
+        bottom.set_title(f"{int(on_grid[n].sum())} patches on", fontsize=8)
+        bottom.set_xticks([]), bottom.set_yticks([])
+    ax = fig.add_subplot(grid[:, count])
+    ax.imshow(attention.numpy(), cmap="Greens", aspect="auto", interpolation="nearest")
+    ax.axvline(count - 0.5, color="black", lw=1)
+    ax.set_xlabel(f"keys: {count} class tokens | {on_grid[0].numel()} patches")
+    ax.set_ylabel("class query")
+    ax.set_yticks(range(count))
+    ax.set_title("attention mask (green = may attend)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_benchmark(rows: Sequence[dict]) -> Figure:
+    """GFLOPs against the number of proposals, per method and model, log scale."""
+    import seaborn as sns
+
+    fig = Figure(figsize=(6.5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    expanded = []
+    ns = sorted({r["n_proposals"] for r in rows if r["method"] != "plain"})
+    for r in rows:  # the plain tower does not depend on N: draw it as a flat line
+        for n in (ns if r["method"] == "plain" else [r["n_proposals"]]):
+            expanded.append({**r, "n_proposals": n, "series": f"{r['method']} · {r['model']}@{r['resolution']}"})
+    sns.lineplot(x=[r["n_proposals"] for r in expanded], y=[r["gflops"] for r in expanded],
+                 hue=[r["series"] for r in expanded], marker="o", ax=ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("proposals N")
+    ax.set_ylabel("GFLOPs per image")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(rows: Sequence[dict], keys: Sequence[str] = ("loss", "loss_ma", "loss_dis")) -> Figure:
+    """Loss terms against the step, from the fine-tuning metrics (JSON lines)."""
+    import seaborn as sns
+
+    present = [k for k in keys if any(k in r for r in rows)]
+    fig = Figure(figsize=(6.5, 3.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for key in present:
+        points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        sns.lineplot(x=[p[0] for p in points], y=[p[1] for p in points], label=key, ax=ax)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    fig.tight_layout()
+    return fig
+
+
+def plot_score_vs_iou(points: Sequence[dict], hue: str = "classifier") -> Figure:
+    """Scatter of a proposal's score for a region's class against its IoU with the region."""
+    import seaborn as sns
+
+    groups = sorted({p[hue] for p in points})
+    fig = Figure(figsize=(4.2 * len(groups), 3.6))
+    for i, group in enumerate(groups):
+        ax = fig.add_subplot(1, len(groups), i + 1)
+        mine = [p for p in points if p[hue] == group]
+        sns.scatterplot(x=[p["iou"] for p in mine], y=[p["score"] for p in mine],
+                        hue=[p.get("kind", "") for p in mine], s=14, alpha=0.7, ax=ax)
+        ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("IoU with the region")
+        ax.set_ylabel("A^c of the region's class")
+        ax.set_title(str(group))
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
