@@ -41,6 +41,7 @@ _EXPORTS = {
     "mask_aware_loss": "maft.losses",
     "self_distillation_loss": "maft.losses",
     "finetune": "maft.train",
+    "load_finetuned": "maft.train",
     "ensemble_scores": "maft.inference",
     "semantic_map": "maft.inference",
     "Segmenter": "maft.inference",

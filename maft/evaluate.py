@@ -13,8 +13,8 @@ fine-tuned IP-CLIP) over a dataset split through :class:`maft.inference.Segmente
   averaged over regions. A mask-aware classifier ranks proposals by quality (correlation near 1); the
   paper's claim is that frozen CLIP does not and MAFT does.
 
-Conventions: IoUs with ground-truth regions leave out ignored pixels (they count neither as object nor
-background, as in the mask-aware loss, :func:`maft.losses.soft_iou`). A pixel that no proposal covers
+Conventions: IoUs with ground-truth regions use the binary map ``label == k``, so ignored pixels count
+as "not class k", as in the mask-aware loss (:mod:`maft.losses`). A pixel that no proposal covers
 gets no prediction (:data:`maft.inference.NO_PREDICTION`) and counts as a miss of its ground-truth
 class (false negative) without a false positive for any class. All metrics are percentages.
 """
@@ -72,14 +72,16 @@ def region_ious(masks: torch.Tensor, label: torch.Tensor, classes: torch.Tensor,
                 ignore_index: int = 255) -> torch.Tensor:
     """[K, N] soft IoU of the N proposals with the binary map of each class in ``classes`` (K ids).
 
-    Ignored pixels are left out of the intersection and both areas (as in the mask-aware loss).
+    The target of class k is ``label == k``, so ignored pixels count as "not class k" (as in the
+    mask-aware loss; see :mod:`maft.losses`): in the VOC protocol the background is ignored, and a
+    proposal that swallows background must score a low IoU.
     """
     from .losses import resize_to, soft_iou
 
     label = label.to(masks.device)
     masks = resize_to(masks, label.shape)
     targets = label[None] == classes.to(label.device)[:, None, None]
-    return soft_iou(masks, targets, valid=label != ignore_index)
+    return soft_iou(masks, targets)
 
 
 def upper_bound_map(masks: torch.Tensor, label: torch.Tensor, num_classes: int,

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maft.evaluate import evaluate, evaluate_config, mask_awareness, region_correlations, upper_bound_map
+from maft.evaluate import (evaluate, evaluate_config, mask_awareness, region_correlations, region_ious,
+                           upper_bound_map)
 from maft.inference import NO_PREDICTION
 from maft.proposals import GTProposals, Proposals
 
@@ -95,7 +96,11 @@ def test_oracle_classifier_with_exact_proposals_scores_100():
 
 
 def test_upper_bound_hand_computed():
-    # IoU (ignore pixels left out): P0 with red 4/6, with blue 2/10; P1 with green 1; P2 with blue 2/6.
+    # IoU (target = label == k, ignored pixels count as "not k"): P0 with red 4/8, with blue 2/12;
+    # P1 with green 1; P2 with blue 2/6.
+    ious = region_ious(hand_proposals(), LABEL, torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(ious, torch.tensor([[4 / 8, 0, 0], [0, 1, 0], [2 / 12, 0, 2 / 6]]),
+                               atol=1e-6, rtol=0)
     # S_IoU map: left half -> red (also the 2 blue pixels of row 2), green block -> green, (3,2),(3,3) ->
     # blue, (2,2),(2,3) -> no prediction (a miss of blue).
     bound = upper_bound_map(hand_proposals(), LABEL, 3)
