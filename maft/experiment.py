@@ -32,12 +32,21 @@ def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_clip(config: dict[str, Any], device: str = "cpu"):
-    """(model, preprocess, tokenizer) for ``config['model']``, tower resized to ``image_size``."""
+    """(model, preprocess, tokenizer) for ``config['model']``, tower resized to ``image_size``.
+
+    Random initialisation (``pretrained: null``) is seeded by ``config['seed']`` (the global RNG is left
+    untouched), so training, evaluation and every notebook rebuild the same random tower.
+    """
+    import torch
+
     from .clip import load_clip
 
-    model_cfg = with_defaults(config)["model"]
-    return load_clip(model_cfg["name"], pretrained=resolve_pretrained(model_cfg), device=device,
-                     image_size=model_cfg["image_size"])
+    config = with_defaults(config)
+    model_cfg = config["model"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(config["seed"]))
+        return load_clip(model_cfg["name"], pretrained=resolve_pretrained(model_cfg), device=device,
+                         image_size=model_cfg["image_size"])
 
 
 def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):

@@ -45,6 +45,22 @@ def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_
     return chosen
 
 
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names assigned in the notebook's cell tagged ``parameters`` (read with ``ast``: papermill's own
+    line parser gives up on values such as ``{"a": ["k=v"]}``)."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{notebook}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    tree = ast.parse(cells[0].source)
+    return {target.id for node in tree.body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
 def load_profile(profile: str) -> dict:
     """The parameters of ``notebooks/profiles/<profile>.yaml`` (or of a YAML file path)."""
     path = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else PROFILE_DIR / f"{profile}.yaml"
@@ -70,13 +86,20 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
     out.mkdir(parents=True, exist_ok=True)
     parameters["output_dir"] = str(out.resolve())
+    parameters["interactive"] = False  # headless: widget cells draw their static fallback
     runs = []
     notebooks = list_notebooks(only, Path(notebook_dir))
+    declared = {notebook: declared_parameters(notebook) for notebook in notebooks}
+    unused = sorted(set(parameters) - set().union(*declared.values()) - {"profile", "interactive"})
+    if unused and not only:
+        raise ValueError(f"profile {profile!r} sets {unused}, which no notebook declares in its parameters "
+                         f"cell (a typo?)")
     for notebook in tqdm(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb", disable=not progress):
         executed = out / notebook.name
         start = time.perf_counter()
         try:
-            papermill.execute_notebook(str(notebook), str(executed), parameters=parameters,
+            mine = {k: v for k, v in parameters.items() if k in declared[notebook]}
+            papermill.execute_notebook(str(notebook), str(executed), parameters=mine,
                                        kernel_name=kernel_name, cwd=str(notebook_dir),
                                        progress_bar=False)
         except PapermillExecutionError as error:

@@ -197,9 +197,7 @@ def build_base_model(config: dict[str, Any], device: str | torch.device = "cpu")
     A randomly initialised tower (``model.pretrained: null``) is only reproducible from its seed, so
     training, evaluation and prediction must all build it this way (the global RNG is left untouched).
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(with_defaults(config)["seed"]))
-        return build_clip(config, device=device)
+    return build_clip(config, device=device)
 
 
 def vision_tower(model: nn.Module) -> nn.Module:

@@ -300,3 +300,44 @@ def plot_score_vs_iou(points: Sequence[dict], hue: str = "classifier") -> Figure
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def plot_metric_bars(rows: Sequence[dict], metrics: Sequence[str] = ("miou_seen", "miou_unseen", "hiou"),
+                     label: str = "classifier", errors: Sequence[dict] | None = None) -> Figure:
+    """Grouped bars: one group per metric, one bar per row (optionally with +-std from ``errors``)."""
+    import seaborn as sns
+
+    fig = Figure(figsize=(7.5, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    long = [{"metric": m, label: r[label], "value": r[m]} for r in rows for m in metrics if r.get(m) is not None]
+    sns.barplot(x=[p["metric"] for p in long], y=[p["value"] for p in long], hue=[p[label] for p in long], ax=ax)
+    if errors is not None:
+        std = {(e[label], m): e.get(m) for e in errors for m in metrics}
+        for bar_group, container in zip([r[label] for r in rows], ax.containers):
+            for bar, m in zip(container, metrics):
+                s = std.get((bar_group, m))
+                if s:
+                    ax.errorbar(bar.get_x() + bar.get_width() / 2, bar.get_height(), yerr=s, color="black",
+                                capsize=3, lw=1)
+    ax.set_xlabel("")
+    ax.set_ylabel("%")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_segmentations(samples: Sequence[dict], maps: dict, classes: Sequence[str]) -> Figure:
+    """Rows of: image, ground truth, then each method's label map (``maps``: name -> list of [H, W])."""
+    names = list(maps)
+    fig = Figure(figsize=(2.4 * (2 + len(names)), 2.5 * len(samples)))
+    for row, sample in enumerate(samples):
+        panels = [("image", as_hwc_uint8(sample["image"])), ("ground truth", overlay(sample["image"], sample["label"], classes))]
+        panels += [(name, overlay(sample["image"], maps[name][row], classes)) for name in names]
+        for column, (title, pixels) in enumerate(panels):
+            ax = fig.add_subplot(len(samples), len(panels), row * len(panels) + column + 1)
+            ax.imshow(pixels)
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
