@@ -54,3 +54,10 @@ def test_only_and_unknown_profile(series, tmp_path):
         notebooks.list_notebooks(["09"], nb_dir)
     with pytest.raises(FileNotFoundError, match="no_such_profile"):
         notebooks.load_profile("no_such_profile")
+
+
+def test_profile_key_no_notebook_declares_is_an_error(series, tmp_path):
+    nb_dir, profile = series
+    profile.write_text("value: 2\nvalu: 3\n")
+    with pytest.raises(ValueError, match=r"\['valu'\]"):
+        notebooks.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)
