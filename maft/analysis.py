@@ -210,18 +210,19 @@ def ensemble_rows(parts: Parts, classifiers: dict, ensemble_lambda: float | None
     return rows
 
 
-def transfer_rows(configs: Sequence[str], checkpoint, seed: int = 0, device: str = "cpu",
+def transfer_rows(config: dict, transfer: dict, checkpoint, device: str = "cpu",
                   max_images: int | None = None) -> list[dict]:
-    """Frozen vs fine-tuned IP-CLIP on other experiment configs (open-vocabulary transfer)."""
-    from .experiment import load
+    """Open-vocabulary transfer: frozen vs fine-tuned IP-CLIP on other datasets, each given as config
+    overrides of ``config`` (e.g. ``{"ade150": ["data.dataset=ade150"]}``), so the model stays the same."""
+    from .config import apply_overrides
 
     rows = []
-    for name in configs:
-        parts = build_parts(load(name, [f"seed={seed}"]), device=device)
+    for name, changes in transfer.items():
+        parts = build_parts(apply_overrides(config, list(changes)), device=device)
         for label, classifier in (("frozen IP-CLIP", parts.frozen),
                                   ("MAFT IP-CLIP", finetuned_classifier(parts, checkpoint))):
             metrics = evaluate_classifier(parts, classifier, max_images=max_images)
-            rows.append({"dataset": parts.dataset.name, **summary_row(label, metrics)})
+            rows.append({"transfer": name, **summary_row(label, metrics)})
     return rows
 
 

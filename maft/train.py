@@ -367,6 +367,24 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return max(0, self.iterations - self.start)
 
 
+class WithProposals(torch.utils.data.Dataset):
+    """A dataset whose samples carry their proposals, so DataLoader workers build them in parallel with
+    the training step (GT-derived and file proposals only: they need no model and are deterministic
+    per image, so the result is the same as building them in the main process)."""
+
+    KINDS = ("gt", "file")
+
+    def __init__(self, dataset, generator: Callable):
+        self.dataset, self.generator = dataset, generator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.dataset[index]
+        return {**sample, "proposals": self.generator(sample)}
+
+
 def _collate_samples(samples: list[dict]) -> list[dict]:
     return samples  # images differ in size: keep the samples as a list
 
@@ -614,7 +632,8 @@ def _train_step(parts: RunParts, samples: list[dict], step: int) -> dict[str, fl
     # images with an L_ma term is known before any backward pass.
     masks, targets = [], []
     for sample in samples:
-        proposal_masks = parts.generator(sample).masks.float().to(device)
+        proposals = sample["proposals"] if "proposals" in sample else parts.generator(sample)
+        proposal_masks = proposals.masks.float().to(device)
         masks.append(proposal_masks)
         targets.append(iou_targets(proposal_masks, sample["label"].to(device), parts.seen,
                                    len(parts.seen), ignore_index=parts.ignore_index))
@@ -850,8 +869,11 @@ def _loader(parts: RunParts, config: dict, start: int, ddp: _Distributed) -> tor
     cfg = config["train"]
     sampler = GlobalBatchSampler(len(parts.dataset), cfg["batch_size"], int(config["seed"]), start,
                                  cfg["iterations"], ddp.rank, ddp.world)
+    dataset = parts.dataset
+    if cfg["num_workers"] and with_defaults(config)["proposals"]["kind"] in WithProposals.KINDS:
+        dataset = WithProposals(dataset, parts.generator)
     return torch.utils.data.DataLoader(
-        parts.dataset, batch_sampler=sampler, collate_fn=_collate_samples, num_workers=cfg["num_workers"],
+        dataset, batch_sampler=sampler, collate_fn=_collate_samples, num_workers=cfg["num_workers"],
         worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(int(config["seed"])))
 
 

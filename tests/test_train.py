@@ -77,6 +77,14 @@ def test_same_seed_same_numbers(tmp_path):
     assert other["final"]["loss"] != first["final"]["loss"]
 
 
+def test_proposals_built_in_workers_give_the_same_run(tmp_path):
+    main_process = finetune(tiny_config(tmp_path / "main"), progress=False)
+    in_workers = finetune(tiny_config(tmp_path / "workers", num_workers=2), progress=False)
+    assert in_workers["final"]["loss"] == main_process["final"]["loss"]
+    for name, value in main_process["params"].items():
+        assert torch.equal(value, in_workers["params"][name]), name
+
+
 def test_resume_reaches_the_uninterrupted_result(tmp_path):
     straight = finetune(tiny_config(tmp_path / "straight", iterations=4), progress=False)
     finetune(tiny_config(tmp_path / "split", iterations=4, checkpoint_every=2), progress=False)
