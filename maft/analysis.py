@@ -297,3 +297,15 @@ def mean_std_rows(study: dict) -> list[dict]:
             row[f"{key}_std"] = study["std"][name].get(key)
         rows.append(row)
     return rows
+
+
+def mean_std_table(rows: Sequence[dict], digits: int = 2) -> list[dict]:
+    """``mean_std_rows`` for reading: one "mean ± std" cell per headline number."""
+    table = []
+    for row in rows:
+        cells = {"variant": row["variant"]}
+        for key in STUDY_KEYS:
+            if row.get(key) is not None:
+                cells[key] = f"{row[key]:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+        table.append(cells)
+    return table

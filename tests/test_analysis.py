@@ -1,0 +1,95 @@
+"""maft.analysis (what the notebooks compute) and the explorer, on hand-made cases and the tiny CLIP."""
+import pytest
+import torch
+
+from maft import analysis, experiment
+from maft.explorer import ProposalExplorer
+
+
+def test_confused_regions_counts_poor_proposals_scoring_like_the_whole():
+    points = [
+        # region (image 0, class 3): a part with IoU 0.3 scores above the whole object -> confused
+        {"classifier": "a", "image": 0, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.6},
+        {"classifier": "a", "image": 0, "class": 3, "kind": "part", "iou": 0.3, "score": 0.7},
+        # region (image 1, class 3): the poor proposal scores lower -> not confused
+        {"classifier": "a", "image": 1, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.9},
+        {"classifier": "a", "image": 1, "class": 3, "kind": "background", "iou": 0.4, "score": 0.2},
+        # region without a poor proposal: not counted
+        {"classifier": "a", "image": 2, "class": 1, "kind": "whole", "iou": 1.0, "score": 0.5},
+        {"classifier": "a", "image": 2, "class": 1, "kind": "eroded", "iou": 0.8, "score": 0.9},
+        # a tie counts as confused ("at least as high")
+        {"classifier": "b", "image": 0, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.5},
+        {"classifier": "b", "image": 0, "class": 3, "kind": "merged", "iou": 0.49, "score": 0.5},
+    ]
+    assert analysis.confused_regions(points) == {
+        "a": {"regions": 2, "confused": 1, "confusion_rate": 0.5},
+        "b": {"regions": 1, "confused": 1, "confusion_rate": 1.0},
+    }
+
+
+def test_pick_proposals_takes_the_first_region_and_one_of_each_kind():
+    kinds = ["whole", "whole", "part", "part", "background", "merged", "part"]
+    sources = torch.tensor([4, 7, 7, 4, 4, 7, 4])
+    assert analysis.pick_proposals(kinds, sources) == [0, 3, 4]
+    assert analysis.pick_proposals([], torch.zeros(0, dtype=torch.long)) == []
+
+
+def test_mean_and_std_over_seeds_and_the_readable_table():
+    per_seed = {"0": {"maft": {"miou_seen": 10.0, "miou_unseen": 4.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.5}},
+                "1": {"maft": {"miou_seen": 14.0, "miou_unseen": 6.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.7}}}
+    study = analysis.mean_and_std(per_seed)
+    assert study["mean"]["maft"]["miou_seen"] == pytest.approx(12.0)
+    assert study["std"]["maft"]["miou_seen"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 10, 14
+    assert "hiou" not in study["mean"]["maft"]
+    rows = analysis.mean_std_rows(study)
+    assert rows[0]["miou"] == 8.0 and rows[0]["miou_std"] == 0.0
+    table = analysis.mean_std_table(rows, digits=1)
+    assert table[0]["mask_awareness"] == "0.6 ± 0.1" and "hiou" not in table[0]
+
+
+def test_find_checkpoint_names_the_folder_when_there_is_none(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        analysis.find_checkpoint(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
+    assert analysis.find_checkpoint(tmp_path) == str(tmp_path / "run" / "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def world_parts():
+    config = experiment.load("world", ["model.pretrained=null", "proposals.settings.max_proposals=8",
+                                       "proposals.settings.kinds=[part,background,merged]"])
+    return analysis.build_parts(config)
+
+
+def test_score_iou_points_match_a_direct_computation(world_parts):
+    points = analysis.score_iou_points(world_parts, {"frozen": world_parts.frozen}, max_images=1)
+    view = analysis.classify_sample(world_parts, world_parts.frozen, 0)
+    assert len(points) == len(view.kinds)
+    from maft.evaluate import region_ious
+
+    for n, point in enumerate(points):
+        k = int(view.source_class[n])
+        assert point["kind"] == view.kinds[n] and point["class"] == k
+        assert point["score"] == pytest.approx(float(view.probs[n, k]))
+        assert point["iou"] == pytest.approx(float(region_ious(view.masks[n:n + 1], view.label, torch.tensor([k]))[0, 0]))
+    whole = [p for p in points if p["kind"] == "whole"]
+    assert whole and all(p["iou"] == pytest.approx(1.0) for p in whole)
+
+
+def test_seen_only_scores_are_a_softmax_over_the_seen_classes(world_parts):
+    seen = world_parts.dataset.seen
+    view = analysis.classify_sample(world_parts, world_parts.frozen, 0, class_ids=seen)
+    assert view.probs.shape[1] == len(seen)
+    torch.testing.assert_close(view.probs.sum(1), torch.ones(len(view.kinds)))
+
+
+def test_explorer_draws_a_proposal_and_a_box(world_parts):
+    explorer = ProposalExplorer(world_parts, {"frozen": world_parts.frozen}, k=3)
+    fig = explorer.figure(0, proposal=0)
+    assert "image 0, proposal 0" in fig.axes[0].get_title()
+    fig = explorer.figure(0, box=((0, 15), (0, 31)))
+    assert "box" in fig.axes[0].get_title()
+    assert explorer.box_mask(0, (0, 15), (0, 31)).sum() == 16 * 32
+    widget = explorer.widget()
+    assert len(widget.children) == 3
