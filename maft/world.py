@@ -1,0 +1,589 @@
+"""The offline world: procedurally generated scenes where the whole MAFT story runs on a CPU.
+
+A scene is a 64x64 RGB image with a pixel-exact label map: a background of 1-3 textured "stuff"
+bands (sky, grass, water, sand, brick, snow, road) and 1-4 "things", each a colour x pattern compound
+("red stripes", "blue dots", "purple blob", ...) drawn as a random shape. Everything the world is made of (classes, zero-shot split,
+colours, textures, caption wordings) lives in ``maft/assets/world.yaml``.
+
+Scene ``i`` of split ``s`` is a pure function of ``(seed, s, i)``: every scene draws from its own
+random stream, so scenes can be generated on the fly, in any order, in any process. The dataset
+(:class:`WorldDataset`) follows the SegDataset contract of ``maft.datasets``; each sample also
+carries an image-level ``caption`` that names every class in it, unseen ones included, which is what
+the tiny CLIP (``maft.world_clip``) is pretrained on. The MAFT story on top of it (frozen vs
+mask-aware fine-tuned IP-CLIP, ablations) is ``maft.world_clip.run_story``; the command line is
+``maft world pretrain|zero-shot|story|show``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .paths import ASSETS_DIR
+
+IGNORE_INDEX = 255
+WORLD_SPEC_PATH = ASSETS_DIR / "world.yaml"
+
+
+# --------------------------------------------------------------------------------------------------
+# The world's specification
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorldSpec:
+    """The parsed ``world.yaml``: classes (things first, then stuff), split and drawing parameters."""
+
+    raw: dict = field(repr=False)
+    classes: tuple[str, ...]
+    thing_ids: tuple[int, ...]
+    stuff_ids: tuple[int, ...]
+    unseen: tuple[int, ...]
+    image_size: int
+    seed: int
+    fingerprint: str
+
+    @property
+    def seen(self) -> tuple[int, ...]:
+        return tuple(i for i in range(len(self.classes)) if i not in self.unseen)
+
+    def split_size(self, split: str) -> int:
+        sizes = self.raw["splits"]
+        if split not in sizes:
+            raise ValueError(f"unknown world split {split!r}; world.yaml defines {sorted(sizes)}")
+        return int(sizes[split])
+
+    def thing_parts(self, class_id: int) -> tuple[str, str]:
+        """(colour, pattern) of a thing class."""
+        colour, pattern = self.classes[class_id].split(" ")
+        return colour, pattern
+
+
+def load_world_spec(path: str | Path | None = None) -> WorldSpec:
+    """Read and check a world specification (default: the shipped ``maft/assets/world.yaml``)."""
+    return _load_world_spec(str(Path(path).resolve()) if path is not None else str(WORLD_SPEC_PATH))
+
+
+@lru_cache(maxsize=8)
+def _load_world_spec(path: str) -> WorldSpec:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"world specification {path} not found")
+    text = Path(path).read_text()
+    raw = yaml.safe_load(text)
+    for key in ("image_size", "seed", "splits", "things", "stuff", "unseen", "captions"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}")
+    things = [f"{c} {p}" for c in raw["things"]["colours"] for p in raw["things"]["patterns"]]
+    stuff = list(raw["stuff"])
+    classes = tuple(things + stuff)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{path}: class names must be unique, got {classes}")
+    unknown = [name for name in raw["unseen"] if name not in classes]
+    if unknown:
+        raise ValueError(f"{path}: unseen classes {unknown} are not world classes {list(classes)}")
+    return WorldSpec(
+        raw=raw,
+        classes=classes,
+        thing_ids=tuple(range(len(things))),
+        stuff_ids=tuple(range(len(things), len(classes))),
+        unseen=tuple(sorted(classes.index(name) for name in raw["unseen"])),
+        image_size=int(raw["image_size"]),
+        seed=int(raw["seed"]),
+        fingerprint=f"{zlib.crc32(text.encode()):08x}",
+    )
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of scene ``index`` of ``split``: depends on nothing else."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]))
+
+
+# --------------------------------------------------------------------------------------------------
+# Textures (float RGB [H,W,3] in 0..255, drawn over the whole image and cut to a region later)
+# --------------------------------------------------------------------------------------------------
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:
+    """Value noise in [0,1]: a random grid every ``cell`` pixels, bilinearly interpolated."""
+    grid = rng.random((int(height / cell) + 2, int(width / cell) + 2))
+    ys = (np.arange(height) + 0.5) / cell
+    xs = (np.arange(width) + 0.5) / cell
+    y0, x0 = ys.astype(int), xs.astype(int)
+    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
+    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x0 + 1] * fx
+    bottom = grid[y0 + 1][:, x0] * (1 - fx) + grid[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _mix(colour, colour2, t: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(colour, np.float32), np.asarray(colour2, np.float32)
+    return a + (b - a) * t[..., None]
+
+
+def texture_sky(rng, h, w, colour, colour2):
+    """Vertical gradient (deep blue at the top) with soft white clouds."""
+    gradient = np.broadcast_to(np.linspace(0, 1, h)[:, None], (h, w))
+    sky = _mix(colour, colour2, gradient)
+    cloud = np.clip((smooth_noise(rng, h, w, rng.uniform(8, 16)) - 0.55) * 3.0, 0, 0.85)
+    return sky * (1 - cloud[..., None]) + 248 * cloud[..., None]
+
+
+def texture_blades(rng, h, w, colour, colour2):
+    """Grass: vertical streaks (one random shade per column, varying slowly down it) and speckle."""
+    columns = rng.random(w)[None, :]
+    t = 0.55 * columns + 0.45 * smooth_noise(rng, h, w, 5)
+    return _mix(colour, colour2, t) + rng.normal(0, 7, (h, w, 1))
+
+
+def texture_waves(rng, h, w, colour, colour2):
+    """Water: horizontal ripples, bent along x, with sparse bright crests."""
+    period = rng.uniform(4.5, 8)
+    bend = rng.uniform(0.5, 2.0) * np.sin(2 * np.pi * np.arange(w) / rng.uniform(14, 30) + rng.uniform(0, 6.3))
+    phase = 2 * np.pi * np.arange(h)[:, None] / period + bend[None, :] + rng.uniform(0, 6.3)
+    crest = (0.5 + 0.5 * np.sin(phase)) ** 3
+    return _mix(colour, colour2, crest) + rng.normal(0, 4, (h, w, 1))
+
+
+def texture_grains(rng, h, w, colour, colour2):
+    """Sand, snow, asphalt: fine per-pixel grain, sparse coloured grains, slow brightness drift."""
+    base = _mix(colour, colour2, (rng.random((h, w)) < 0.09).astype(np.float32))
+    drift = (smooth_noise(rng, h, w, 10) - 0.5) * 22
+    return base + drift[..., None] + rng.normal(0, 7, (h, w, 1))
+
+
+def texture_bricks(rng, h, w, colour, colour2):
+    """Brick wall: staggered rows of bricks (each its own shade) with 1-pixel mortar lines."""
+    brick_h = int(rng.integers(5, 8))
+    brick_w = int(rng.integers(10, 15))
+    ys, xs = np.mgrid[0:h, 0:w]
+    row = (ys + int(rng.integers(0, brick_h))) // brick_h
+    shifted = xs + (row % 2) * (brick_w // 2) + int(rng.integers(0, brick_w))
+    col = shifted // brick_w
+    shade = rng.normal(0, 14, (row.max() + 1, col.max() + 1))[row, col]
+    mortar = ((ys + int(rng.integers(0, brick_h))) % brick_h == 0) | (shifted % brick_w == 0)
+    bricks = np.asarray(colour, np.float32) + shade[..., None]
+    image = np.where(mortar[..., None], np.asarray(colour2, np.float32), bricks)
+    return image + rng.normal(0, 4, (h, w, 1))
+
+
+TEXTURES = {
+    "sky": texture_sky,
+    "blades": texture_blades,
+    "waves": texture_waves,
+    "grains": texture_grains,
+    "bricks": texture_bricks,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes: boolean masks from pixel-centre coordinates
+# --------------------------------------------------------------------------------------------------
+def _regular_polygon(rho, phi, sides: int, circumradius: float) -> np.ndarray:
+    """Inside a regular polygon with a vertex at angle 0 (distance to the edge in polar form)."""
+    sector = 2 * np.pi / sides
+    local = np.mod(phi, sector) - sector / 2
+    return rho * np.cos(local) <= circumradius * np.cos(sector / 2)
+
+
+def _star(rho, phi, outer: float, inner: float, points: int = 5) -> np.ndarray:
+    """Inside a star polygon: the edge from an outer vertex (angle 0) to the next inner vertex."""
+    half = np.pi / points
+    psi = np.mod(phi, 2 * half)
+    psi = np.where(psi > half, 2 * half - psi, psi)
+    p1 = np.array([outer, 0.0])
+    edge = np.array([inner * np.cos(half), inner * np.sin(half)]) - p1
+    numerator = p1[0] * edge[1] - p1[1] * edge[0]
+    denominator = np.cos(psi) * edge[1] - np.sin(psi) * edge[0]
+    return rho <= numerator / denominator
+
+
+def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float) -> tuple[np.ndarray, int, int]:
+    """Boolean mask of ``shape`` in a window around its centre; returns (mask, top, left) where
+    (top, left) is the window's image position (may be negative: shapes can leave the image)."""
+    reach = int(np.ceil(1.4 * radius)) + 1  # every shape lies within 1.35 radius of its centre
+    top, left = int(np.floor(cy)) - reach, int(np.floor(cx)) - reach
+    coords = np.arange(2 * reach + 1) + 0.5
+    dx = coords[None, :] + left - cx
+    dy = coords[:, None] + top - cy
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    if shape == "circle":
+        mask = np.hypot(u, v) <= radius
+    elif shape == "square":
+        side = 0.85 * radius
+        mask = (np.abs(u) <= side) & (np.abs(v) <= side)
+    elif shape == "triangle":  # a vertex points up (image y grows downwards)
+        mask = _regular_polygon(np.hypot(u, v), np.arctan2(v, u) + np.pi / 2, 3, 1.3 * radius)
+    elif shape == "star":
+        mask = _star(np.hypot(u, v), np.arctan2(v, u) + np.pi / 2, 1.35 * radius, 0.55 * radius)
+    elif shape == "cross":
+        arm = 0.38 * radius
+        mask = ((np.abs(u) <= arm) & (np.abs(v) <= radius)) | ((np.abs(v) <= arm) & (np.abs(u) <= radius))
+    else:
+        raise ValueError(f"unknown shape {shape!r} (world.yaml things.shapes)")
+    return mask, top, left
+
+
+def paste(window: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    """The part of a window mask that falls inside a ``size x size`` image, as a full-image mask."""
+    full = np.zeros((size, size), bool)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + window.shape[0], size), min(left + window.shape[1], size)
+    if y1 > y0 and x1 > x0:
+        full[y0:y1, x0:x1] = window[y0 - top:y1 - top, x0 - left:x1 - left]
+    return full
+
+
+# --------------------------------------------------------------------------------------------------
+# Scenes
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    image: np.ndarray  # uint8 [H,W,3]
+    label: np.ndarray  # int64 [H,W], class ids
+    things: list[dict]  # per thing: class_id, area (visible pixels)
+    stuff: list[int]  # stuff class ids, top band first
+    caption: str
+
+
+def _background(spec: WorldSpec, rng, stuff_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Bands of the given stuff classes (top first) with wavy, slightly tilted borders."""
+    size = spec.image_size
+    k = len(stuff_ids)
+    xs = np.arange(size) + 0.5
+    ys = (np.arange(size) + 0.5)[:, None]
+    band = np.zeros((size, size), np.int64)
+    for j in range(1, k):
+        base = size * (j + rng.uniform(-0.25, 0.25)) / k
+        border = (base + rng.uniform(-0.15, 0.15) * (xs - size / 2)
+                  + rng.uniform(0, 3) * np.sin(2 * np.pi * xs / rng.uniform(16, 48) + rng.uniform(0, 6.3)))
+        band += ys >= border[None, :]
+    image = np.zeros((size, size, 3), np.float32)
+    label = np.zeros((size, size), np.int64)
+    for j, class_id in enumerate(stuff_ids):
+        params = spec.raw["stuff"][spec.classes[class_id]]
+        texture = TEXTURES[params["texture"]](rng, size, size, params["colour"], params["colour2"])
+        region = band == j
+        image[region] = texture[region]
+        label[region] = class_id
+    return image, label
+
+
+def _choose_stuff(spec: WorldSpec, rng, count: int | None = None, only: int | None = None) -> list[int]:
+    if only is not None:
+        return [only]
+    low, high = spec.raw["background_regions"]
+    count = int(rng.integers(low, high + 1)) if count is None else count
+    chosen = [int(c) for c in rng.choice(spec.stuff_ids, size=count, replace=False)]
+    top = [c for c in chosen if spec.classes[c] in spec.raw.get("top_only", [])]
+    rest = [c for c in chosen if c not in top]
+    return top[:1] + rest + top[1:]  # at most one top-only class can really be on top
+
+
+def pattern_mask(params: dict, rng, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Which of the pixels (ys, xs) show the pattern's second colour (random phase/orientation)."""
+    kind = params["kind"]
+    if kind == "solid":
+        return np.zeros(len(ys), bool)
+    if kind == "stripes":
+        angle, phase = rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
+        return np.sin((xs * np.cos(angle) + ys * np.sin(angle)) * 2 * np.pi / params["period"] + phase) < 0
+    if kind == "dots":
+        dy, dx = rng.integers(0, params["period"], 2)
+        return (((ys + dy) % params["period"]) < params["dot"]) & (((xs + dx) % params["period"]) < params["dot"])
+    if kind == "checks":
+        dy, dx = rng.integers(0, 2 * params["cell"], 2)
+        return ((ys + dy) // params["cell"] + (xs + dx) // params["cell"]) % 2 == 1
+    raise ValueError(f"unknown pattern kind {kind!r} (world.yaml things.patterns)")
+
+
+def _paint_thing(spec: WorldSpec, rng, image: np.ndarray, mask: np.ndarray, class_id: int) -> None:
+    """The thing's colour (with instance jitter) and pattern, a gentle lighting gradient, fine noise."""
+    colour, pattern = spec.thing_parts(class_id)
+    things = spec.raw["things"]
+    params = things["patterns"][pattern]
+    base = np.asarray(things["colours"][colour], np.float32)
+    base = base + rng.uniform(-things["colour_jitter"], things["colour_jitter"], 3)
+    second = np.asarray(params["dot_colour"], np.float32) if "dot_colour" in params else base * params.get("dark", 1.0)
+    ys, xs = np.nonzero(mask)
+    pixels = np.where(pattern_mask(params, rng, ys, xs)[:, None], second, base)
+    direction = rng.uniform(0, 2 * np.pi)
+    along = xs * np.cos(direction) + ys * np.sin(direction)
+    along = (along - along.mean()) / (2 * np.abs(along - along.mean()).max() + 1e-6)  # in [-0.5, 0.5]
+    light = along * rng.uniform(0, 24)  # at most +-12 across the thing
+    image[ys, xs] = pixels + (light + rng.normal(0, 3, len(ys)))[:, None]
+
+
+def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int]) -> list[dict]:
+    """Draw things one over another; a placement is retried while it would hide too much of what is
+    already there (a thing keeps ``min_visible`` of itself, every region keeps ``min_pixels``)."""
+    cfg = spec.raw["things"]
+    size = spec.image_size
+    placed: list[dict] = []
+    stuff_present = [int(c) for c in np.unique(label)]
+    for class_id in thing_ids:
+        shape = str(rng.choice(cfg["shapes"]))  # shape is not part of the class
+        for _attempt in range(25):
+            radius = rng.uniform(*cfg["radius"])
+            cx, cy = rng.uniform(0.5 * radius, size - 0.5 * radius, 2)
+            angle = 0.0 if shape == "circle" else rng.uniform(-0.5, 0.5)
+            window, top, left = shape_mask(shape, cx, cy, radius, angle)
+            mask = paste(window, top, left, size)
+            full_area = int(window.sum())
+            if mask.sum() < max(cfg["min_pixels"], cfg["min_visible"] * full_area):
+                continue
+            trial = np.where(mask, class_id, label)
+            counts = np.bincount(trial.ravel(), minlength=len(spec.classes))
+            ok = all(counts[t["class_id"]] >= cfg["min_visible"] * t["full_area"] for t in placed)
+            ok = ok and all(counts[c] >= cfg["min_pixels"] for c in stuff_present)
+            if ok:
+                label[:] = trial
+                _paint_thing(spec, rng, image, mask, class_id)
+                placed.append({"class_id": class_id, "full_area": full_area})
+                break
+    for thing in placed:
+        thing["area"] = int((label == thing["class_id"]).sum())
+    return placed
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def make_caption(spec: WorldSpec, rng, things: list[dict], stuff: list[int]) -> str:
+    """An image-level caption naming every class of the scene once, wording and order random."""
+    sizes = sorted(spec.raw["things"]["size_words"].items(), key=lambda kv: kv[1])
+    phrases = []
+    for thing in things:
+        words = []
+        if rng.random() < 0.6:  # like web captions, sizes are mentioned only sometimes
+            words.append([word for word, low in sizes if thing["area"] >= low][-1])
+        words.append(spec.classes[thing["class_id"]])
+        phrases.append(" ".join(words))
+    stuff_words = [("the " if rng.random() < 0.5 else "") + spec.classes[c] for c in stuff]
+    rng.shuffle(phrases)
+    rng.shuffle(stuff_words)
+    kind = "with_things" if phrases else "stuff_only"
+    template = rng.choice(spec.raw["captions"][kind])
+    return template.format(things=_join(phrases) if phrases else "", stuff=_join(stuff_words))
+
+
+def _repatterned(spec: WorldSpec, rng, thing_ids: list[int]) -> list[int] | None:
+    """The same colours with other patterns (each thing one it did not have; classes distinct), or
+    None when random tries find no such assignment (e.g. four things of one colour)."""
+    patterns = spec.raw["things"]["patterns"]
+    for _attempt in range(20):
+        changed: list[int] = []
+        for class_id in thing_ids:
+            colour, pattern = spec.thing_parts(class_id)
+            options = [spec.classes.index(f"{colour} {p}") for p in patterns if p != pattern]
+            options = [c for c in options if c not in changed]
+            if not options:
+                break
+            changed.append(int(rng.choice(options)))
+        if len(changed) == len(thing_ids):
+            return changed
+    return None
+
+
+def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
+    """Scene ``index`` of ``split``. Splits "single" and "stuff_only" are the zero-shot probes: one
+    thing (class ``index mod #things``) on 1-2 stuff bands / one stuff band (``index mod #stuff``)."""
+    if not 0 <= index < spec.split_size(split):
+        raise IndexError(f"world split {split!r} has {spec.split_size(split)} scenes, asked for {index}")
+    # Pretraining twins: odd scene 2k+1 repeats scene 2k (same background, layout, shapes, colours,
+    # wording) with every thing's pattern changed: pairs in one batch that only patterns tell apart.
+    twin = split == "pretrain" and spec.raw.get("pretrain_twins", False) and index % 2 == 1
+    return _render(spec, split, index, twin)
+
+
+def _render(spec: WorldSpec, split: str, index: int, twin: bool) -> Scene:
+    rng = scene_rng(spec.seed, split, index - 1 if twin else index)
+    cfg = spec.raw["things"]
+    if split == "single":
+        stuff_ids = _choose_stuff(spec, rng, count=int(rng.integers(1, 3)))
+        thing_ids = [spec.thing_ids[index % len(spec.thing_ids)]]
+    elif split == "stuff_only":
+        stuff_ids = _choose_stuff(spec, rng, only=spec.stuff_ids[index % len(spec.stuff_ids)])
+        thing_ids = []
+    else:
+        low, high = cfg["pretrain_count"] if split == "pretrain" else cfg["count"]
+        stuff_ids = _choose_stuff(spec, rng)
+        count = int(rng.integers(low, high + 1))
+        thing_ids = [int(c) for c in rng.choice(spec.thing_ids, size=count, replace=False)]
+        if twin:
+            thing_ids = _repatterned(spec, scene_rng(spec.seed, "pretrain-twin", index), thing_ids) or []
+            if not thing_ids:  # a stuff-only scene, or no repatterning: an independent scene instead
+                return _render(spec, split, index, twin=False)
+    image, label = _background(spec, rng, stuff_ids)
+    things = _place_things(spec, rng, image, label, thing_ids)
+    present_stuff = [c for c in stuff_ids if (label == c).any()]
+    # wording from its own stream, so twins are worded alike
+    caption_rng = scene_rng(spec.seed, f"{split}-caption", index - 1 if twin else index)
+    caption = make_caption(spec, caption_rng, things, present_stuff)
+    return Scene(np.clip(np.rint(image), 0, 255).astype(np.uint8), label, things, present_stuff, caption)
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------------
+class WorldDataset(torch.utils.data.Dataset):
+    """The world as a segmentation dataset (the SegDataset contract of ``maft.datasets``).
+
+    Samples are generated on the fly (about a millisecond each): ``image`` uint8 [3,H,W], ``label``
+    int64 [H,W], ``id``, ``image_path``/``label_path`` (virtual ``world:<split>/<index>`` names: no
+    file exists), and ``caption``. ``mode="train"`` is the zero-shot training view: unseen-class
+    pixels become ``ignore_index`` (captions are left whole: they are not segmentation labels).
+    """
+
+    name = "world"
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, split: str = "train", mode: str = "eval", max_images: int | None = None,
+                 root=None, spec: str | Path | None = None):
+        if mode not in ("eval", "train"):
+            raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+        if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
+            raise ValueError(f"max_images must be None or a positive int, got {max_images!r}")
+        self.spec = load_world_spec(spec)
+        self.split = split
+        self.mode = mode
+        self.root = root  # accepted for build_dataset's signature; the world needs no files
+        size = self.spec.split_size(split)
+        self.length = size if max_images is None else min(size, max_images)
+        self.classes = list(self.spec.classes)
+        self.seen = list(self.spec.seen)
+        self.unseen = list(self.spec.unseen)
+        self._train_map = torch.arange(256, dtype=torch.int64)
+        self._train_map[self.unseen] = IGNORE_INDEX
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not -self.length <= index < self.length:
+            raise IndexError(f"world {self.split} has {self.length} samples, asked for {index}")
+        index = index % self.length
+        scene = render_scene(self.spec, self.split, index)
+        label = torch.from_numpy(scene.label)
+        if self.mode == "train":
+            label = self._train_map[label]
+        name = f"world:{self.split}/{index:06d}"
+        return {
+            "image": torch.from_numpy(scene.image).permute(2, 0, 1).contiguous(),
+            "label": label,
+            "id": f"world-{self.split}-{index:06d}",
+            "image_path": name,
+            "label_path": name,
+            "caption": scene.caption,
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line: maft world pretrain | zero-shot | story | show
+# --------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pretrain = sub.add_parser("pretrain", help="pretrain (or find cached) the world CLIP, report its zero-shot accuracy")
+    pretrain.add_argument("--seed", type=int, default=None)
+    pretrain.add_argument("--steps", type=int, default=None)
+    pretrain.add_argument("--batch-size", type=int, default=None)
+    pretrain.add_argument("--out", default=None, help="checkpoint file (default: the cache, keyed by settings)")
+    pretrain.add_argument("--force", action="store_true", help="pretrain even if a cached checkpoint exists")
+    pretrain.add_argument("--print-path", action="store_true", help="print only the checkpoint path")
+    pretrain.add_argument("--no-progress", action="store_true")
+    zero_shot = sub.add_parser("zero-shot", help="image-level zero-shot accuracy of a world CLIP checkpoint")
+    zero_shot.add_argument("--checkpoint", default=None, help="default: the cached default world CLIP")
+    zero_shot.add_argument("--out", default=None, help="default: outputs/world/zero_shot.json")
+    story = sub.add_parser("story", help="frozen vs MAFT IP-CLIP and ablations over seeds -> JSON")
+    story.add_argument("--seeds", type=int, default=3)
+    story.add_argument("--out", default=None, help="default: outputs/world/story.json")
+    story.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean nothing)")
+    story.add_argument("--config", default="world", help="experiment config (default: maft/configs/world.yaml)")
+    story.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    story.add_argument("--variants", default=None, help="comma-separated subset of the fine-tuned variants")
+    story.add_argument("--checkpoint", default=None, help="world CLIP to use (default: the cached one)")
+    story.add_argument("--no-progress", action="store_true")
+    show = sub.add_parser("show", help="save a grid of scenes (and their label maps) as a PNG")
+    show.add_argument("--split", default="train")
+    show.add_argument("--count", type=int, default=16)
+    show.add_argument("--out", default=None, help="default: outputs/world/<split>_scenes.png")
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import paths, world_clip
+
+    if args.action == "pretrain":
+        settings = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        path = Path(args.out) if args.out else world_clip.default_checkpoint_path(**settings)
+        if args.force or not path.is_file():
+            world_clip.pretrain_world_clip(out=path, progress=not (args.no_progress or args.print_path), **settings)
+        if args.print_path:
+            print(path)
+            return 0
+        log = json.loads(Path(f"{path}.json").read_text())
+        result = {"pretrain": {k: v for k, v in log.items() if k != "losses"}, "final_loss": log["losses"][-1],
+                  "zero_shot": world_clip.zero_shot_accuracy(path)}
+        target = paths.outputs_dir("world") / "zero_shot.json"
+        target.write_text(json.dumps(result, indent=1))
+        print(f"world CLIP: {path} ({log['seconds']:.0f} s, {log['seconds_per_step']:.2f} s/step)")
+        _print_zero_shot(result["zero_shot"])
+        print(f"written to {target}")
+    elif args.action == "zero-shot":
+        path = args.checkpoint or world_clip.ensure_world_clip()
+        result = world_clip.zero_shot_accuracy(path)
+        target = Path(args.out) if args.out else paths.outputs_dir("world") / "zero_shot.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=1))
+        _print_zero_shot(result)
+    elif args.action == "story":
+        variants = args.variants.split(",") if args.variants else None
+        story = world_clip.run_story(seeds=args.seeds, out=args.out, quick=args.quick, config=args.config,
+                                     overrides=args.overrides, variants=variants, checkpoint=args.checkpoint,
+                                     progress=not args.no_progress)
+        print(format_story(story))
+    elif args.action == "show":
+        target = Path(args.out) if args.out else paths.outputs_dir("world") / f"{args.split}_scenes.png"
+        save_scene_grid(args.split, args.count, target)
+        print(f"written to {target}")
+    return 0
+
+
+def _print_zero_shot(result: dict) -> None:
+    for kind in ("things", "stuff"):
+        r = result[kind]
+        print(f"zero-shot {kind}: seen {100 * r['accuracy_seen']:.1f}%  unseen {100 * r['accuracy_unseen']:.1f}%  "
+              f"(chance {100 * r['chance']:.1f}%, {r['scenes']} scenes)")
+
+
+def format_story(story: dict) -> str:
+    """A plain-text table of the story's mean +- std over seeds."""
+    keys = ("mask_awareness", "miou_seen", "miou_unseen", "hiou", "confusion_rate")
+    lines = [f"{'entry':<15}" + "".join(f"{k:>22}" for k in keys)]
+    for name, mean in story["mean"].items():
+        std = story["std"][name]
+        cells = "".join(f"{mean[k]:>14.3f} ± {std[k]:<5.3f}" if k in mean else f"{'n/a':>22}" for k in keys)
+        lines.append(f"{name:<15}{cells}")
+    return "\n".join(lines)
+
+
+def save_scene_grid(split: str, count: int, path: str | Path, columns: int = 8) -> Path:
+    """Scenes and their label maps (one random colour per class) side by side, as one PNG."""
+    from PIL import Image
+
+    spec = load_world_spec()
+    palette = np.random.default_rng(0).integers(0, 256, (256, 3)).astype(np.uint8)
+    tiles = []
+    for index in range(count):
+        scene = render_scene(spec, split, index)
+        tiles.append(np.concatenate([scene.image, palette[scene.label]], axis=1))
+    rows = [np.concatenate(tiles[r:r + columns] + [np.zeros_like(tiles[0])] * (columns - len(tiles[r:r + columns])), 1)
+            for r in range(0, len(tiles), columns)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    return path
