@@ -94,7 +94,8 @@ def _load_world_spec(path: str) -> WorldSpec:
         unseen=tuple(sorted(classes.index(name) for name in raw["unseen"])),
         image_size=int(raw["image_size"]),
         seed=int(raw["seed"]),
-        fingerprint=f"{zlib.crc32(text.encode()):08x}",
+        # of the parsed content, not the text: editing a comment must not invalidate cached checkpoints
+        fingerprint=f"{zlib.crc32(json.dumps(raw, sort_keys=True).encode()):08x}",
     )
 
 
@@ -394,8 +395,9 @@ def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
     thing (class ``index mod #things``) on 1-2 stuff bands / one stuff band (``index mod #stuff``)."""
     if not 0 <= index < spec.split_size(split):
         raise IndexError(f"world split {split!r} has {spec.split_size(split)} scenes, asked for {index}")
-    # Pretraining twins: odd scene 2k+1 repeats scene 2k (same background, layout, shapes, colours,
-    # wording) with every thing's pattern changed: pairs in one batch that only patterns tell apart.
+    # Pretraining twins: odd scene 2k+1 repeats scene 2k (same background, colours and wording, the
+    # first thing's shape and place; later things may move, as patterns draw differently) with every
+    # thing's pattern changed: pairs in one batch that mostly only patterns tell apart.
     twin = split == "pretrain" and spec.raw.get("pretrain_twins", False) and index % 2 == 1
     return _render(spec, split, index, twin)
 

@@ -408,6 +408,11 @@ def run_story(seeds: int = 3, out: str | os.PathLike | None = None, quick: bool 
             return _entry(metrics, examples)
 
         entries = {"frozen": evaluate(seeded, "frozen")}
+        # frozen IP-CLIP at each ablated start layer too: what fine-tuning adds at that L
+        for layer in sorted({int(o.split("=")[1]) for n in names for o in STORY_VARIANTS[n]
+                             if o.startswith("model.start_layer=")}):
+            name = f"frozen_start_layer_{layer}"
+            entries[name] = evaluate(apply_overrides(seeded, [f"model.start_layer={layer}"]), name)
         for name in names:
             variant = apply_overrides(seeded, STORY_VARIANTS[name] + [f"train.out_dir={folder / name}"])
             variant["name"] = name
@@ -417,7 +422,7 @@ def run_story(seeds: int = 3, out: str | os.PathLike | None = None, quick: bool 
         per_seed[str(seed)] = entries
 
     mean, std = {}, {}
-    for name in ["frozen"] + names:
+    for name in per_seed["0"]:
         mean[name], std[name] = _mean_std([per_seed[s][name] for s in per_seed])
     spec = load_world_spec()
     story = {

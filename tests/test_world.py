@@ -166,7 +166,7 @@ def test_quick_story_writes_the_schema(tmp_path, monkeypatch):
     out = tmp_path / "story.json"
     run_story(seeds=2, out=out, quick=True, progress=False)
     story = json.loads(out.read_text())
-    entries = ["frozen", "maft", "no_distill", "start_layer_2"]
+    entries = ["frozen", "frozen_start_layer_2", "maft", "no_distill", "start_layer_2"]
     for seed in ("0", "1"):
         for name in entries:
             entry = story["per_seed"][seed][name]
