@@ -48,6 +48,10 @@ _EXPORTS = {
     "evaluate": "maft.evaluate",
     "mask_awareness": "maft.evaluate",
     "predict": "maft.predict",
+    # the offline world
+    "WorldDataset": "maft.world",
+    "ensure_world_clip": "maft.world_clip",
+    "run_story": "maft.world_clip",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -80,3 +80,12 @@ def test_cli_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "maft", "--help"], capture_output=True, text=True, check=True)
     for name in ("data", "bench", "train", "eval", "predict", "world", "notebooks"):
         assert name in out.stdout
+
+
+def test_every_public_name_resolves():
+    import maft
+
+    missing = [name for name in maft.__all__ if getattr(maft, name, None) is None]
+    assert not missing
+    with pytest.raises(AttributeError, match="no_such_name"):
+        maft.no_such_name
