@@ -362,8 +362,7 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     The metrics go to ``out`` (default ``eval.out``, default ``outputs/eval/<name>.json``); an existing
     file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
     """
-    from .experiment import build_dataset_split, build_generator, build_text_classifier, with_defaults
-    from .train import build_base_model
+    from .experiment import build_clip, build_dataset_split, build_generator, build_text_classifier, with_defaults
 
     config = copy.deepcopy(config)
     settings = eval_settings(config)
@@ -374,7 +373,7 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     torch.manual_seed(int(full["seed"]))
 
     start = time.perf_counter()
-    model, _, tokenizer = build_base_model(config, device=device)  # random towers: seeded as in training
+    model, _, tokenizer = build_clip(config, device=device)  # random towers: seeded as in training
     dataset = build_dataset_split(config, "eval_split", mode="eval")
     generator = build_generator(config)
     text = build_text_classifier(config, model, tokenizer, dataset.classes, device=device)

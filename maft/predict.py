@@ -165,8 +165,7 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
             ensemble needs a generator with class scores and treats the classes it scores as seen.
     """
     from .evaluate import build_classifier, eval_settings
-    from .experiment import build_text_classifier
-    from .train import build_base_model
+    from .experiment import build_clip, build_text_classifier
     from .viz import overlay
 
     names = parse_class_names(class_names)
@@ -180,7 +179,7 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
         raise ValueError("proposals='gt' derives proposals from a ground-truth label: pass label=... (--label PATH)")
 
     if classifier is None or text is None:
-        clip_model, _, tokenizer = model if model is not None else build_base_model(config, device=device)
+        clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
         if text is None:
             text = build_text_classifier(config, clip_model, tokenizer, names, device=device)
         if classifier is None:

@@ -191,15 +191,6 @@ def _check_resume_config(config: dict, saved: dict, checkpoint: str) -> None:
 # Model parts
 
 
-def build_base_model(config: dict[str, Any], device: str | torch.device = "cpu"):
-    """``(model, preprocess, tokenizer)`` of the config, random init seeded by ``config['seed']``.
-
-    A randomly initialised tower (``model.pretrained: null``) is only reproducible from its seed, so
-    training, evaluation and prediction must all build it this way (the global RNG is left untouched).
-    """
-    return build_clip(config, device=device)
-
-
 def vision_tower(model: nn.Module) -> nn.Module:
     """The open_clip vision tower of a CLIP model, an IPCLIP or a tower itself."""
     inner = getattr(model, "visual", None)
@@ -470,7 +461,7 @@ def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, confi
     Clear ValueErrors when the checkpoint cannot belong to this model: ``config['model']`` (if given)
     names another model or weights; a parameter is missing or has another shape; or (``check_base``)
     the frozen base weights differ from those it was trained on (e.g. other pretrained weights, or a
-    random tower built with another seed: use :func:`build_base_model`). Returns ``model``.
+    random tower built with another seed: use :func:`maft.experiment.build_clip`). Returns ``model``.
     """
     state = load_checkpoint(checkpoint)
     source = state["model"]
@@ -513,7 +504,7 @@ def _check_base(visual: nn.Module, state: dict, where: str) -> None:
                 f"{where}: the frozen base weights differ from those the checkpoint was trained on (first at "
                 f"{name}); it was trained from {state['model'].get('name')!r} with pretrained="
                 f"{state['model'].get('pretrained')!r} (random towers must be built with the same seed, "
-                "maft.train.build_base_model)")
+                "maft.experiment.build_clip)")
 
 
 def _save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: dict, step: int,
@@ -824,7 +815,7 @@ def _build_parts(config: dict, device: torch.device, ddp: _Distributed) -> RunPa
 
     cfg = config["train"]
     seed_everything(int(config["seed"]))
-    model, _, tokenizer = build_base_model(config, device=device)
+    model, _, tokenizer = build_clip(config, device=device)
     model.requires_grad_(False)  # text tower and everything else frozen; the chosen units re-enabled below
     dataset = build_dataset_split(config, "train_split", mode="train")
     if not dataset.seen:

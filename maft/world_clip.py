@@ -296,12 +296,11 @@ def proposal_examples(config: dict, checkpoint: str | None = None, max_images: i
     ``by_kind``: per proposal kind, the mean score for the source region's class and the mean IoU.
     """
     from .evaluate import build_classifier, region_ious
-    from .experiment import build_dataset_split, build_generator, build_text_classifier, with_defaults
+    from .experiment import build_clip, build_dataset_split, build_generator, build_text_classifier, with_defaults
     from .inference import Segmenter
-    from .train import build_base_model
 
     full = with_defaults(config)
-    model, _, tokenizer = build_base_model(config)
+    model, _, tokenizer = build_clip(config)
     dataset = build_dataset_split(config, "eval_split", mode="eval")
     text = build_text_classifier(config, model, tokenizer, dataset.classes)
     classifier = build_classifier(config, model, checkpoint)

@@ -8,7 +8,8 @@ import torch
 
 import maft.train as train_module
 from maft.config import load_config
-from maft.train import (GlobalBatchSampler, NonFiniteLossError, build_base_model, finetune, load_finetuned,
+from maft.experiment import build_clip
+from maft.train import (GlobalBatchSampler, NonFiniteLossError, finetune, load_finetuned,
                         set_trainable, trainable_parameter_names, training_config)
 
 
@@ -58,7 +59,7 @@ def test_run_writes_checkpoint_metrics_and_only_trained_parameters(tmp_path):
     assert json.loads((out / "summary.json").read_text())["checkpoint"] == summary["checkpoint"]
 
     # The checkpoint applied to a freshly built base model reproduces the trained tower; frozen units untouched.
-    model, _, _ = build_base_model(state["config"])
+    model, _, _ = build_clip(state["config"])
     before = {n: p.detach().clone() for n, p in model.visual.named_parameters()}
     load_finetuned(model, summary["checkpoint"], config=state["config"])
     for name, param in model.visual.named_parameters():
