@@ -12,9 +12,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # CLIP loading and text classifiers
     "load_clip": "maft.clip",
-    "text_classifier": "maft.clip",
-    "class_probabilities": "maft.clip",
-    "TEMPLATES": "maft.clip",
+    "text_classifier": "maft.text",
+    "class_probabilities": "maft.text",
+    "TEMPLATES": "maft.templates",
     "preprocess_images": "maft.clip",
     "set_image_size": "maft.clip",
     # datasets and metrics
@@ -41,17 +41,21 @@ _EXPORTS = {
     "mask_aware_loss": "maft.losses",
     "self_distillation_loss": "maft.losses",
     "finetune": "maft.train",
-    "load_finetuned": "maft.train",
+    "load_finetuned": "maft.checkpoints",
     "ensemble_scores": "maft.inference",
     "semantic_map": "maft.inference",
     "Segmenter": "maft.inference",
     "evaluate": "maft.evaluate",
     "mask_awareness": "maft.evaluate",
     "predict": "maft.predict",
+    # one config -> the parts of an experiment
+    "load_experiment_config": "maft.config",
+    "build_experiment": "maft.experiment",
+    "run_variants": "maft.study",
     # the offline world
     "WorldDataset": "maft.world",
-    "ensure_world_clip": "maft.world_clip",
-    "run_story": "maft.world_clip",
+    "ensure_world_clip": "maft.world.pretrain",
+    "run_story": "maft.study",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -10,8 +10,9 @@ input size and encoded by a separate CLIP forward. Three merge operations (ZegFo
 
 Conventions (decided here, tested in tests/test_baseline.py):
 
-* Masks are resized to the image size (bilinear, ``align_corners=False``) and a pixel is *on* when the
-  resized value is ``> mask_threshold`` (0.5, the same rule IP-CLIP applies on its patch grid).
+* Masks are resized to the image size with :func:`maft.masks.binarize_masks` (bilinear,
+  ``align_corners=False``; a pixel is *on* when the resized value is ``> mask_threshold``, 0.5, the same
+  rule IP-CLIP applies on its patch grid).
 * The bounding box is the tight box of the on pixels, optionally grown by ``crop_margin`` (a fraction of
   the box height/width on each side, clipped to the image).
 * Sub-images are resized straight to ``input_size x input_size`` (aspect ratio not kept, as the paper's
@@ -31,32 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maft.ipclip import MASK_THRESHOLD, ProposalEmbeddings, check_masks
+from maft.clip import set_image_size, tower_input_size
+from maft.ipclip import ProposalEmbeddings, check_masks
+from maft.masks import MASK_THRESHOLD, binarize_masks
 
 MERGE_MODES = ("mask", "crop", "mask_and_crop")
-
-
-def tower_input_size(visual: nn.Module) -> int:
-    """The square input size a tower was built for (open_clip stores an int or an (h, w) pair)."""
-    size = getattr(visual, "image_size", None)
-    if size is None:
-        raise ValueError(f"visual: {type(visual).__name__} has no image_size; pass input_size explicitly")
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[1]:
-            raise ValueError(f"visual: non-square tower input size {tuple(size)} is not supported")
-        size = size[0]
-    return int(size)
-
-
-def binarize_masks(masks: torch.Tensor, size: tuple[int, int],
-                   threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """``[N, h, w]`` soft/binary masks -> bool ``[N, H, W]`` at image size: bilinear resize, ``> threshold``."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, *size, dtype=torch.bool, device=masks.device)
-    values = masks if masks.is_floating_point() else masks.float()
-    if tuple(values.shape[1:]) != tuple(size):
-        values = F.interpolate(values[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    return values > threshold
 
 
 def mask_boxes(binary: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -205,8 +185,6 @@ def _tower_dtype(visual: nn.Module) -> torch.dtype:
 
 def _resized_copy(visual: nn.Module, size: int) -> nn.Module:
     """A copy of the tower with its positional embedding resized to ``size`` (the original is untouched)."""
-    from maft.clip import set_image_size
-
     resized = copy.deepcopy(visual)
     set_image_size(resized, size)
     return resized

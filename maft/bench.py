@@ -27,7 +27,6 @@ and longer on a shared machine; about a minute on one H100; ``--quick`` takes a 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import re
@@ -36,12 +35,16 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import open_clip
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from tqdm.auto import tqdm
 
-from maft import paths
+from maft.baseline import FrozenCLIP
+from maft.clip import tower_input_size
+from maft.experiment import build_clip, build_ipclip
+from maft.report import markdown_table
 
 DEFAULT_MODELS = ("ViT-B-16:480", "maft-test-vit")
 QUICK_MODELS = ("maft-test-vit",)
@@ -156,8 +159,6 @@ def parse_model_spec(spec: str) -> tuple[str, int | None]:
 
 def default_resolution(visual) -> int:
     """The tower's input size scaled as MAFT scales ViT-B/16 (224 -> 480), on its patch/stride grid."""
-    from maft.baseline import tower_input_size
-
     native = tower_input_size(visual)
     step = visual.patch_size[0] if hasattr(visual, "patch_size") else 32  # ModifiedResNet: stride 32
     return max(1, round(native * MAFT_RESOLUTION_SCALE / step)) * step
@@ -177,21 +178,20 @@ def random_proposals(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def _environment(device: torch.device) -> dict:
-    import open_clip
-
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "open_clip": open_clip.__version__}
 
 
-def _load_towers(model_name: str, resolution: int | None, device: torch.device):
-    """(tower at ``resolution``, tower at its own pretraining size, resolution)."""
-    from maft.clip import load_clip
+def _load_towers(model_name: str, resolution: int | None, device: torch.device, seed: int = 0):
+    """(tower at ``resolution``, tower at its own pretraining size, resolution); random weights."""
+    def tower(size):
+        config = {"seed": seed, "model": {"name": model_name, "pretrained": None, "image_size": size}}
+        return build_clip(config, device=device)[0].visual.eval()
 
-    native = load_clip(model_name, device=device)[0].visual.eval()
+    native = tower(None)
     resolution = default_resolution(native) if resolution is None else int(resolution)
-    at_resolution = load_clip(model_name, device=device, image_size=resolution)[0].visual.eval()
-    return at_resolution, native, resolution
+    return tower(resolution), native, resolution
 
 
 def benchmark(model_name: str, resolution: int | None = None, n_proposals: Sequence[int] = DEFAULT_N,
@@ -207,18 +207,14 @@ def benchmark(model_name: str, resolution: int | None = None, n_proposals: Seque
     latency_ms_median, latency_runs, latency_from_count_call, start_layer (ip_clip), crop_batch_size
     (crop), and the environment (device, device_name, threads, torch, open_clip).
     """
-    from maft.baseline import FrozenCLIP
-    from maft.ipclip import IPCLIP
-
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' but no CUDA GPU is visible to PyTorch; use device='cpu'")
     if any(int(n) < 1 for n in n_proposals):
         raise ValueError(f"n_proposals must be positive, got {list(n_proposals)}")
     warmup = max(1, int(warmup))
-    torch.manual_seed(seed)
-    tower, native_tower, resolution = _load_towers(model_name, resolution, device)
-    ipclip = IPCLIP(tower, start_layer=start_layer, max_proposals=max(max(n_proposals), 1))
+    tower, native_tower, resolution = _load_towers(model_name, resolution, device, seed)
+    ipclip = build_ipclip({"model": {"start_layer": start_layer}}, tower, max_proposals=max(max(n_proposals), 1))
     crop = FrozenCLIP(native_tower, merge="mask_and_crop", batch_size=crop_batch_size,
                       max_proposals=max(max(n_proposals), 1))
     gen = torch.Generator().manual_seed(seed)
@@ -308,8 +304,6 @@ def _target_lines(ratios: Sequence[dict]) -> list[str]:
 
 
 def results_markdown(rows: Sequence[dict]) -> str:
-    from maft.report import markdown_table
-
     if not rows:
         return "# Cost benchmark\n\n_(no rows)_\n"
     env = rows[0]
@@ -342,44 +336,3 @@ def write_results(rows: Sequence[dict], out_json: str | Path) -> Path:
     print(markdown)
     print(f"wrote {out_json} and {out_json.with_suffix('.md')}")
     return out_json
-
-
-# ----------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {', '.join(QUICK_MODELS)}, N in {list(QUICK_N)}, 2 repeats (seconds)")
-    parser.add_argument("--models", nargs="+", default=None, metavar="NAME[:RES]",
-                        help=f"towers and resolutions (default {' '.join(DEFAULT_MODELS)}; without :RES the "
-                             "tower's input size x 480/224)")
-    parser.add_argument("--n-proposals", nargs="+", type=int, default=None, metavar="N",
-                        help=f"proposal counts (default {' '.join(map(str, DEFAULT_N))})")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default 3; quick 2)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed calls incl. the FLOP count (default 3; only the count when it took > 1 s)")
-    parser.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a case after this long")
-    parser.add_argument("--crop-batch-size", type=int, default=32, help="sub-images per tower call for crop")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave as is)")
-    parser.add_argument("--out", default=None,
-                        help="JSON path (default outputs/bench/<device>.json, <device>-quick.json with --quick)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)
-    n_proposals = args.n_proposals or (QUICK_N if args.quick else DEFAULT_N)
-    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
-    warmup = args.warmup if args.warmup is not None else 3
-    out = Path(args.out) if args.out else paths.outputs_dir("bench") / (
-        f"{args.device}-quick.json" if args.quick else f"{args.device}.json")
-    rows = []
-    for spec in models:
-        name, resolution = parse_model_spec(spec)
-        rows += benchmark(name, resolution, n_proposals, device=args.device, repeats=repeats, warmup=warmup,
-                          crop_batch_size=args.crop_batch_size, max_seconds=args.max_seconds)
-    write_results(rows, out)
-    return 0

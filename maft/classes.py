@@ -31,11 +31,22 @@ LABEL_ENCODINGS = ("raw", "contiguous")
 UNLISTED_POLICIES = ("error", "ignore")
 
 
+def class_key(name: str) -> str:
+    """The form two class names are compared in: lower case, runs of white space folded to one space.
+
+    "Potted Plant" and "potted  plant" are the same class to a text prompt, so every entry point (dataset
+    specs, predict's class list, text classifiers, a generator's class list in the ensemble) matches and
+    de-duplicates names through this one key.
+    """
+    return " ".join(str(name).lower().split())
+
+
 def check_class_names(names: Iterable[str], argument: str = "class_names") -> list[str]:
     """Return ``names`` as a list after checking it is non-empty, all non-blank strings, no duplicates.
 
-    Shared by the dataset specs and by anything taking user class names (predict, text classifiers),
-    so that an empty or duplicated vocabulary fails loudly instead of producing ill-posed scores.
+    Duplicates are found by :func:`class_key` (case and spacing ignored). Shared by the dataset specs
+    and by anything taking user class names (predict, text classifiers), so that an empty or duplicated
+    vocabulary fails loudly instead of producing ill-posed scores.
     """
     if isinstance(names, str):
         raise ValueError(f"{argument} must be a list of class names, got the single string {names!r}")
@@ -45,9 +56,11 @@ def check_class_names(names: Iterable[str], argument: str = "class_names") -> li
     bad = [n for n in names if not isinstance(n, str) or not n.strip()]
     if bad:
         raise ValueError(f"{argument} holds empty or non-string names: {bad[:5]!r}")
-    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
+    counts = Counter(class_key(n) for n in names)
+    duplicates = sorted({n for n in names if counts[class_key(n)] > 1})
     if duplicates:
-        raise ValueError(f"{argument} has duplicate class names: {duplicates}")
+        raise ValueError(f"{argument} has duplicate class names: {duplicates} appear more than once "
+                         "(case and spacing ignored); each class must be named once")
     return names
 
 

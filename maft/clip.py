@@ -1,4 +1,4 @@
-"""CLIP loading, CLIP input preprocessing and text classifiers (paper eq. 1).
+"""CLIP loading and CLIP input preprocessing.
 
 Everything here is a thin layer over open_clip: models come from ``open_clip.create_model``, weights
 are read by open_clip's own checkpoint loader, tokenizers from ``open_clip.get_tokenizer`` and the
@@ -8,55 +8,44 @@ positional-embedding resize is ``open_clip.model.resize_pos_embed``. What this m
   downloaded here); when it is not, the error names the file and where to put it;
 - ``set_image_size``: run a tower at a larger input than it was trained at (MAFT runs a 224-trained
   ViT-B/16 at 480x480, a 30x30 patch grid);
-- ``text_classifier``: class names x prompt templates -> one L2-normalised text embedding per class,
-  cached on disk;
-- ``class_probabilities``: softmax over classes of ``logit_scale * cos(embedding, text)`` (eq. 1).
+- ``preprocess_images``, ``tower_input_size``, ``clip_normalisation``: what a tower expects as input.
+
+Text classifiers (eq. 1) live in :mod:`maft.text`.
 """
 from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
-import json
-import logging
 import os
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Mapping, Sequence
+from typing import Sequence
 
+import huggingface_hub.constants as hub_constants
 import open_clip
 import torch
 import torch.nn.functional as F
+from huggingface_hub import try_to_load_from_cache
 from open_clip.constants import HF_WEIGHTS_NAME, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import resize_pos_embed as open_clip_resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
-from tqdm.auto import tqdm
 
-from maft import paths
 from maft.paths import PACKAGE_DIR
-from maft.templates import TEMPLATES
 
 __all__ = [
     "MODEL_CONFIG_DIR",
-    "TEMPLATES",
     "load_clip",
     "resolve_pretrained",
     "set_image_size",
     "resize_pos_embed",
     "preprocess_images",
-    "readable_name",
-    "text_classifier",
-    "class_probabilities",
-    "text_weights_fingerprint",
+    "tower_input_size",
+    "clip_normalisation",
     "hub_offline",
 ]
 
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"
-# Bump when the way text classifiers are computed changes, so old cache entries are never reused.
-_TEXT_CACHE_VERSION = 1
-
 _configs_registered = False
 
 
@@ -106,8 +95,6 @@ def _cached_tag_file(pretrained_cfg: dict, cache_dir: str | None) -> tuple[str |
         return (path if os.path.isfile(path) else None), [path]
     hf_hub = pretrained_cfg.get("hf_hub", "")
     if hf_hub:
-        from huggingface_hub import constants as hub_constants, try_to_load_from_cache
-
         hub_cache = cache_dir or hub_constants.HF_HUB_CACHE
         repo_id, filename = os.path.split(hf_hub)
         filename = filename or HF_WEIGHTS_NAME
@@ -133,8 +120,6 @@ def hub_offline():
     Their own offline switch is read once at import (``HF_HUB_OFFLINE``), so flip the flag they
     consult at call time and restore it afterwards.
     """
-    import huggingface_hub.constants as hub_constants
-
     previous = hub_constants.HF_HUB_OFFLINE
     hub_constants.HF_HUB_OFFLINE = True
     try:
@@ -379,196 +364,23 @@ def preprocess_images(
     return (pixels - mean_t) / std_t
 
 
-# ----------------------------------------------------------------------------------------------------
-# Text classifiers
+def tower_input_size(visual: nn.Module) -> int:
+    """The square input size a tower runs at (open_clip stores an int or an (h, w) pair)."""
+    size = getattr(visual, "image_size", None)
+    if size is None:
+        raise ValueError(f"visual: {type(visual).__name__} has no image_size; pass the input size explicitly")
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise ValueError(f"visual: non-square tower input size {tuple(size)} is not supported")
+        size = size[0]
+    return int(size)
 
 
-def readable_name(class_name: str) -> str:
-    """An optional prompt name: '_' and '-' become spaces ('wall-concrete' -> 'wall concrete').
-
-    Not applied by default (names are used exactly as given); pass ``prompt_name=readable_name`` to
-    :func:`text_classifier` to use it. It does not split glued words such as 'pottedplant'; give a
-    dict for those.
-    """
-    return " ".join(class_name.replace("_", " ").replace("-", " ").split())
-
-
-def _check_class_names(class_names) -> list[str]:
-    if isinstance(class_names, str):
-        raise ValueError(f"class_names must be a list of names, got the single string {class_names!r}")
-    names = list(class_names)
-    if not names:
-        raise ValueError("class_names is empty: a text classifier needs at least one class")
-    for index, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"class_names[{index}] must be a non-empty string, got {name!r}")
-    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
-    if duplicates:
-        raise ValueError(f"class_names has duplicates: {', '.join(map(repr, duplicates))}")
-    return names
-
-
-def _resolve_templates(templates) -> list[str]:
-    if isinstance(templates, str):
-        if templates not in TEMPLATES:
-            raise ValueError(f"unknown template set {templates!r}; choose one of {sorted(TEMPLATES)} or give a list")
-        return list(TEMPLATES[templates])
-    resolved = list(templates)
-    if not resolved:
-        raise ValueError("templates is empty")
-    for template in resolved:
-        if not isinstance(template, str) or template.count("{}") != 1:
-            raise ValueError(f"each template needs exactly one '{{}}' for the class name, got {template!r}")
-    return resolved
-
-
-def _prompt_names(names: list[str], prompt_name) -> list[str]:
-    if prompt_name is None:
-        return names
-    if callable(prompt_name):
-        return [prompt_name(name) for name in names]
-    if isinstance(prompt_name, Mapping):
-        return [prompt_name.get(name, name) for name in names]
-    raise ValueError(f"prompt_name must be None, a callable or a dict, got {type(prompt_name).__name__}")
-
-
-def text_weights_fingerprint(model: nn.Module) -> str:
-    """A hash of every weight outside the vision tower (the text tower and logit scale).
-
-    Part of the text-classifier cache key, so a model whose text weights changed (another checkpoint,
-    a fine-tune) never reuses stale embeddings, while fine-tuning only the vision tower (as MAFT
-    does) keeps hitting the cache.
-    """
-    digest = hashlib.sha1()
-    for key, value in sorted(model.state_dict().items()):
-        if key.startswith("visual."):
-            continue
-        flat = value.detach().reshape(-1).contiguous().cpu()
-        digest.update(f"{key}:{flat.dtype}:{tuple(value.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return digest.hexdigest()
-
-
-def _text_cache_key(model, tokenizer, prompt_names: list[str], templates: list[str]) -> tuple[str, dict]:
-    source = getattr(model, "maft_source", {"name": type(model).__name__, "pretrained": None})
-    identity = {
-        "version": _TEXT_CACHE_VERSION,
-        "model": source.get("name"),
-        "pretrained": source.get("pretrained"),
-        "text_weights": text_weights_fingerprint(model),
-        "tokenizer": f"{type(tokenizer).__name__}:{getattr(tokenizer, 'context_length', None)}",
-        "templates": templates,
-        "class_names": prompt_names,
-    }
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
-    return key, identity
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()  # not inference_mode: the result is later multiplied with tensors that need grad
-def _encode_prompts(model, tokenizer, prompts: list[str], device, batch_size: int) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    chunks = []
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="text classifier", unit="batch", disable=len(starts) <= 1, leave=False):
-        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
-        chunks.append(model.encode_text(tokens).float())
-    model.train(was_training)
-    return torch.cat(chunks)
-
-
-def _read_text_cache(path: Path) -> dict | None:
-    """A cache entry, or None when there is none or it cannot be read (then it is recomputed)."""
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a damaged entry is only a miss, never a wrong answer
-        logging.getLogger(__name__).warning("ignoring unreadable text-classifier cache %s: %s", path, error)
-        return None
-
-
-def text_classifier(
-    model: nn.Module,
-    tokenizer: Callable,
-    class_names: Sequence[str],
-    templates: str | Sequence[str] = "vild",
-    cache: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 256,
-    prompt_name: Callable[[str], str] | Mapping[str, str] | None = None,
-) -> torch.Tensor:
-    """Text embedding per class: ``[C, D]`` float32, rows L2-normalised.
-
-    For each class, every template is filled with the class name and encoded by the CLIP text tower;
-    each template's embedding is L2-normalised, the embeddings are averaged over templates and the
-    mean is normalised again (the ViLD/ZSSeg/MAFT recipe).
-
-    Args:
-        templates: "vild" (14, MAFT's choice), "imagenet" (80), "single", or a list of format strings.
-        cache: reuse/store the result on disk under ``cache_dir`` (default
-            ``maft.paths.cache_dir("text")``), keyed by model name, pretrained weights, a hash of the
-            text weights, tokenizer, templates and prompt names.
-        device: where the result goes (default: the model's device); encoding runs on the model's
-            device.
-        prompt_name: optional mapping from class name to the text put into the templates (a dict, or a
-            callable such as :func:`readable_name`); by default names are used exactly as given.
-    """
-    names = _check_class_names(class_names)
-    template_list = _resolve_templates(templates)
-    prompt_names = _prompt_names(names, prompt_name)
-    if not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    model_device = _model_device(model)
-    device = torch.device(device) if device is not None else model_device
-
-    cache_file = None
-    if cache:
-        key, identity = _text_cache_key(model, tokenizer, prompt_names, template_list)
-        folder = Path(cache_dir) if cache_dir is not None else paths.cache_dir("text")
-        cache_file = folder / f"{key}.pt"
-        stored = _read_text_cache(cache_file)
-        if stored is not None and stored.get("identity") == identity:
-            return stored["embeddings"].to(device)
-
-    prompts = [template.format(name) for name in prompt_names for template in template_list]
-    embeddings = _encode_prompts(model, tokenizer, prompts, model_device, batch_size)
-    per_template = F.normalize(embeddings.view(len(names), len(template_list), -1), dim=-1)
-    classifier = F.normalize(per_template.mean(dim=1), dim=-1)
-
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a concurrent reader never sees a half-written file.
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"identity": identity, "embeddings": classifier.cpu()}, partial)
-        os.replace(partial, cache_file)
-    return classifier.to(device)
-
-
-def class_probabilities(embeddings: torch.Tensor, text: torch.Tensor, logit_scale: float = 100.0) -> torch.Tensor:
-    """Paper eq. 1: ``softmax_c(logit_scale * cos(embeddings_n, text_c))`` -> ``[N, C]``.
-
-    ``embeddings`` ``[N, D]`` need not be normalised (both sides are normalised here); N may be 0.
-    Computed in float32; gradients flow to ``embeddings`` (and ``text`` if it needs them).
-    """
-    if embeddings.ndim != 2 or text.ndim != 2:
-        raise ValueError(
-            f"embeddings must be [N, D] and text [C, D], got {tuple(embeddings.shape)} and {tuple(text.shape)}"
-        )
-    if embeddings.shape[1] != text.shape[1]:
-        raise ValueError(
-            f"embedding width {embeddings.shape[1]} differs from text width {text.shape[1]} "
-            "(text classifier built with another CLIP?)"
-        )
-    if text.shape[0] == 0:
-        raise ValueError("text has no classes (C = 0)")
-    # float32 even under autocast: logits of scale 100 lose ~0.5 to bfloat16 rounding.
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        image = F.normalize(embeddings.float(), dim=-1)
-        classes = F.normalize(text.float().to(image.device), dim=-1)
-        return (logit_scale * image @ classes.T).softmax(dim=-1)
+def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image mean/std of a tower, or of the tower inside a classifier or CLIP model (open_clip stores
+    them on the tower); OpenAI's values when the tower records none."""
+    visual = model if hasattr(model, "preprocess_cfg") else getattr(model, "visual", None)
+    cfg = getattr(visual, "preprocess_cfg", None) or {}
+    mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    std = cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+    return tuple(mean), tuple(std)

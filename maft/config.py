@@ -1,4 +1,11 @@
-"""YAML configs with command-line overrides (``key.sub=value``)."""
+"""Experiment configs: one loader, every default in one place, and the checks of each section.
+
+A config is a YAML mapping (``maft/configs/*.yaml``) with sections ``model``, ``data``, ``proposals``,
+``text``, ``train`` and ``eval``; every value can be overridden on the command line as ``key.sub=value``.
+:func:`load` is the one entry point (a shipped name, a YAML path, a dict or None for the defaults);
+:func:`training_config` and :func:`eval_settings` fill and check the ``train`` and ``eval`` sections for
+the code that needs them, so a typo in a key is an error, never a silently ignored setting.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,9 +14,54 @@ from typing import Any, Iterable
 
 import yaml
 
+from .losses import LOSS_KINDS
 from .paths import PACKAGE_DIR
+from .trainable import UNITS
 
 CONFIG_DIR = PACKAGE_DIR / "configs"
+
+# Sections every experiment has; missing keys are filled from here by with_defaults().
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {"name": "ViT-B-16", "pretrained": "openai", "image_size": 480, "start_layer": None},
+    "data": {"dataset": "voc20", "root": None, "train_split": "train", "eval_split": "val", "max_images": None},
+    "proposals": {"kind": "gt", "settings": {}},
+    "text": {"templates": "vild"},
+}
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "iterations": 100,
+    "batch_size": 16,            # GLOBAL batch (all ranks together)
+    "micro_batch_size": None,    # per-rank forward chunk (gradient accumulation); None = whole shard
+    "lr": 1.0e-5,
+    "weight_decay": 1.0e-5,
+    "lr_power": 0.9,             # poly schedule lr * (1 - step / iterations) ** power
+    "grad_clip": 0.01,           # max total gradient L2 norm; null or 0 = off
+    "trainable": ["attn", "norm"],
+    "loss": "smooth_l1",         # L_ma kind: smooth_l1 | l1 | l2 | kl
+    "distill_loss": "smooth_l1",
+    "distill_weight": 1.0,       # lambda; 0 = no teacher at all
+    "amp": True,                 # CUDA only: true (bf16 if supported, else fp16) | bf16 | fp16 | false
+    "device": "auto",            # auto | cpu | cuda
+    "num_workers": 0,            # DataLoader workers (image decoding)
+    "log_every": 10,
+    "checkpoint_every": 50,      # also always at the last step; null or 0 = only the last
+    "out_dir": None,             # None = outputs/train/<name>; "<name>" is filled in
+}
+
+EVAL_DEFAULTS: dict[str, Any] = {
+    "classifier": "ipclip",     # ipclip | frozen
+    "ensemble_lambda": None,    # None = CLIP only (paper Table 2); else eq. 9 with this lambda
+    "variant": "paper",         # paper (eq. 9 as printed) | zsseg (the authors' code)
+    "merge": "mask_and_crop",   # frozen CLIP's merge operation (Appendix A)
+    "input_size": None,         # frozen CLIP's sub-image size (None = the tower's size)
+    "sliding_window": False,
+    "window": None,
+    "stride": None,
+    "max_images": None,
+    "out": None,                # None = outputs/eval/<name>.json
+}
+CLASSIFIERS = ("ipclip", "frozen")
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -60,3 +112,101 @@ def parse_value(raw: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with every missing section/key of :data:`DEFAULTS` filled in."""
+    merged = copy.deepcopy(config)
+    for section, values in DEFAULTS.items():
+        if isinstance(values, dict):
+            given = merged.get(section) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"config section {section!r} must be a mapping, got {given!r}")
+            merged[section] = {**copy.deepcopy(values), **given}
+        else:
+            merged.setdefault(section, values)
+    return merged
+
+
+def load(config: str | Path | dict | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """The experiment config: a shipped name, a YAML path, a dict or None (the package defaults), with
+    ``overrides`` applied and defaults filled in. The one loader of every entry point."""
+    if config is None:
+        raw: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        raw = copy.deepcopy(config)
+    else:
+        raw = load_config(config)
+    return with_defaults(apply_overrides(raw, overrides))
+
+
+load_experiment_config = load  # the name ``maft.load_experiment_config`` exports
+
+
+def training_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with every default filled in and the ``train`` section checked (ValueError on bad values)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a mapping, got {type(config).__name__}")
+    merged = with_defaults(config)
+    given = merged.get("train") or {}
+    if not isinstance(given, dict):
+        raise ValueError(f"config section 'train' must be a mapping, got {given!r}")
+    unknown = sorted(set(given) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown train settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
+    train = {**copy.deepcopy(TRAIN_DEFAULTS), **given}
+    merged["train"] = train
+    merged.setdefault("name", "maft")
+    _check_train_settings(train)
+    return merged
+
+
+def _check_train_settings(train: dict[str, Any]) -> None:
+    def positive_int(key):
+        value = train[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
+
+    positive_int("iterations")
+    positive_int("batch_size")
+    if train["micro_batch_size"] is not None:
+        positive_int("micro_batch_size")
+    for key in ("lr", "weight_decay", "lr_power", "distill_weight"):
+        if not isinstance(train[key], (int, float)) or isinstance(train[key], bool) or train[key] < 0:
+            raise ValueError(f"train.{key} must be a number >= 0, got {train[key]!r}")
+    if train["lr"] <= 0:
+        raise ValueError(f"train.lr must be > 0, got {train['lr']!r}")
+    if train["grad_clip"] is not None and (not isinstance(train["grad_clip"], (int, float)) or train["grad_clip"] < 0):
+        raise ValueError(f"train.grad_clip must be null or a number >= 0, got {train['grad_clip']!r}")
+    for key in ("loss", "distill_loss"):
+        if train[key] not in LOSS_KINDS:
+            raise ValueError(f"train.{key} must be one of {list(LOSS_KINDS)}, got {train[key]!r}")
+    units = train["trainable"]
+    if isinstance(units, str):
+        units = train["trainable"] = [u.strip() for u in units.split(",") if u.strip()]
+    if not isinstance(units, (list, tuple)) or not units:
+        raise ValueError(f"train.trainable must be a non-empty list of units from {list(UNITS)}, got {units!r}")
+    bad = [u for u in units if u not in UNITS]
+    if bad:
+        raise ValueError(f"train.trainable: unknown units {bad}; choose from {list(UNITS)}")
+    if train["amp"] not in (True, False, "bf16", "fp16"):
+        raise ValueError(f"train.amp must be true, false, 'bf16' or 'fp16', got {train['amp']!r}")
+    if train["device"] not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"train.device must be auto, cpu or cuda, got {train['device']!r}")
+    if not isinstance(train["num_workers"], int) or train["num_workers"] < 0:
+        raise ValueError(f"train.num_workers must be an integer >= 0, got {train['num_workers']!r}")
+    for key in ("log_every", "checkpoint_every"):
+        if train[key] is not None and (not isinstance(train[key], int) or train[key] < 0):
+            raise ValueError(f"train.{key} must be null or an integer >= 0, got {train[key]!r}")
+
+
+def eval_settings(config: dict) -> dict:
+    """``config['eval']`` with defaults filled in; unknown keys are an error (a typo must not pass)."""
+    given = config.get("eval") or {}
+    unknown = sorted(set(given) - set(EVAL_DEFAULTS))
+    if unknown:
+        raise ValueError(f"config eval: unknown keys {unknown} (known: {sorted(EVAL_DEFAULTS)})")
+    settings = {**EVAL_DEFAULTS, **given}
+    if settings["classifier"] not in CLASSIFIERS:
+        raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
+    return settings

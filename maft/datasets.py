@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
 from maft.paths import dataset_dir
+from maft.world import WorldDataset
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
 MODES = ("eval", "train")
@@ -105,8 +106,6 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
     ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files).
     """
     if name == "world":
-        from maft.world import WorldDataset
-
         return WorldDataset(split=split, mode=mode, max_images=max_images, root=root)
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS + ('world',))}")

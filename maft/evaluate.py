@@ -20,32 +20,26 @@ class (false negative) without a false positive for any class. All metrics are p
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
 
+from .config import eval_settings, with_defaults
+from .experiment import build_experiment
 from .inference import NO_PREDICTION, Segmenter, semantic_map
+from .losses import soft_iou
+from .masks import resize_masks
+from .metrics import ConfusionMatrix, segmentation_metrics
+from .paths import atomic_write, resolve_output_path
 
-EVAL_DEFAULTS: dict[str, Any] = {
-    "classifier": "ipclip",     # ipclip | frozen
-    "ensemble_lambda": None,    # None = CLIP only (paper Table 2); else eq. 9 with this lambda
-    "variant": "paper",         # paper (eq. 9 as printed) | zsseg (the authors' code)
-    "merge": "mask_and_crop",   # frozen CLIP's merge operation (Appendix A)
-    "input_size": None,         # frozen CLIP's sub-image size (None = the tower's size)
-    "sliding_window": False,
-    "window": None,
-    "stride": None,
-    "max_images": None,
-    "out": None,                # None = outputs/eval/<name>.json
-}
-CLASSIFIERS = ("ipclip", "frozen")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,10 +70,8 @@ def region_ious(masks: torch.Tensor, label: torch.Tensor, classes: torch.Tensor,
     mask-aware loss; see :mod:`maft.losses`): in the VOC protocol the background is ignored, and a
     proposal that swallows background must score a low IoU.
     """
-    from .losses import resize_to, soft_iou
-
     label = label.to(masks.device)
-    masks = resize_to(masks, label.shape)
+    masks = resize_masks(masks.float(), label.shape)
     targets = label[None] == classes.to(label.device)[:, None, None]
     return soft_iou(masks, targets)
 
@@ -105,8 +97,6 @@ def region_correlations(probs: torch.Tensor, masks: torch.Tensor, label: torch.T
     proposals. Returns ([(k, rho), ...], number of regions skipped because the IoUs or the scores are
     constant over the proposals, e.g. N < 2: no ranking to compare).
     """
-    from scipy.stats import spearmanr
-
     classes = present_classes(label, ignore_index)
     if len(classes) == 0:
         return [], 0
@@ -183,8 +173,6 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     ``upper_bound`` (the same metrics with A^c replaced by S_IoU), ``n_images``, ``n_proposals``,
     ``uncovered_fraction`` (share of evaluated pixels no proposal covered) and ``settings``.
     """
-    from tqdm.auto import tqdm
-
     classes = list(dataset.classes if classes is None else classes)
     num_classes = len(classes)
     if text.ndim != 2 or text.shape[0] != num_classes:
@@ -246,8 +234,6 @@ def new_confusion(num_classes: int, ignore_index: int = 255):
     Ground truth is never C, so such a pixel adds to its class's ground-truth count (a miss) and to no
     real class's prediction count: it lowers recall without inventing a false positive.
     """
-    from .metrics import ConfusionMatrix
-
     return ConfusionMatrix(num_classes + 1, ignore_index=ignore_index)
 
 
@@ -264,8 +250,6 @@ def confusion_metrics(confusion, classes: Sequence[str], seen: Sequence[int], un
     The "no prediction" column is a pseudo class: it is dropped from ``per_class_iou`` and mIoU is the
     mean over the real classes that have an IoU (seen/unseen/hIoU never include it).
     """
-    from .metrics import segmentation_metrics
-
     metrics = dict(segmentation_metrics(confusion, list(classes) + [NO_PREDICTION_NAME], seen, unseen))
     metrics["per_class_iou"].pop(NO_PREDICTION_NAME)
     values = [v for v in metrics["per_class_iou"].values() if v is not None]
@@ -291,56 +275,8 @@ def json_ready(value):
 # --------------------------------------------------------------------------------------------------
 # Config-driven evaluation and the CLI
 # --------------------------------------------------------------------------------------------------
-def eval_settings(config: dict) -> dict:
-    """``config['eval']`` with defaults filled in; unknown keys are an error (a typo must not pass)."""
-    given = config.get("eval") or {}
-    unknown = sorted(set(given) - set(EVAL_DEFAULTS))
-    if unknown:
-        raise ValueError(f"config eval: unknown keys {unknown} (known: {sorted(EVAL_DEFAULTS)})")
-    settings = {**EVAL_DEFAULTS, **given}
-    if settings["classifier"] not in CLASSIFIERS:
-        raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
-    return settings
-
-
 def experiment_name(config: dict) -> str:
     return str(config.get("name") or "experiment")
-
-
-def build_classifier(config: dict, model, checkpoint: str | Path | None = None):
-    """The proposal classifier of ``config['eval']``: IP-CLIP (optionally fine-tuned) or frozen CLIP."""
-    from .experiment import with_defaults
-
-    settings = eval_settings(config)
-    model_cfg = with_defaults(config)["model"]
-    if settings["classifier"] == "ipclip":
-        from .ipclip import IPCLIP
-
-        classifier = IPCLIP(model.visual, start_layer=model_cfg["start_layer"])
-        if checkpoint is not None:
-            from .train import load_finetuned
-
-            load_finetuned(classifier, checkpoint, config=config)  # clear error for another model/config
-    else:
-        if checkpoint is not None:
-            raise ValueError("a checkpoint holds a fine-tuned IP-CLIP; eval.classifier=frozen takes none "
-                             "(set eval.classifier=ipclip)")
-        from .baseline import FrozenCLIP
-
-        classifier = FrozenCLIP(model.visual, merge=settings["merge"], input_size=settings["input_size"])
-    return classifier.eval()
-
-
-def resolve_output_path(out: str | Path | None, name: str) -> Path:
-    """``eval.out`` with ``<name>`` filled in; None or a path under ``outputs/`` goes to the outputs root."""
-    from .paths import outputs_dir
-
-    if out is None:
-        return outputs_dir("eval", create=False) / f"{name}.json"
-    path = Path(str(out).replace("<name>", name))
-    if not path.is_absolute() and path.parts and path.parts[0] == "outputs":
-        return outputs_dir(*path.parts[1:-1], create=False) / path.name
-    return path
 
 
 def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
@@ -348,40 +284,38 @@ def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(json_ready(data), indent=2) + "\n")
-    partial.replace(path)
-    return path
+    text = json.dumps(json_ready(data), indent=2) + "\n"
+    return atomic_write(path, lambda partial: partial.write_text(text))
+
+
+def metrics_path(config: dict, out: str | Path | None = None) -> Path:
+    """Where :func:`evaluate_config` writes: ``out``, else ``eval.out``, else ``outputs/eval/<name>.json``."""
+    settings = eval_settings(config)
+    return resolve_output_path(out if out is not None else settings["out"], experiment_name(config),
+                               ("eval", "<name>.json"))
 
 
 def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str | Path | None = None,
                     overwrite: bool = False, device: str = "cpu", progress: bool = True) -> dict:
-    """Build CLIP, dataset, generator, text classifier and classifier from ``config``, evaluate, write JSON.
+    """Build the experiment of ``config`` (:func:`maft.experiment.build_experiment`), evaluate, write JSON.
 
     The metrics go to ``out`` (default ``eval.out``, default ``outputs/eval/<name>.json``); an existing
     file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
     """
-    from .experiment import build_clip, build_dataset_split, build_generator, build_text_classifier, with_defaults
-
     config = copy.deepcopy(config)
     settings = eval_settings(config)
-    full = with_defaults(config)
-    path = resolve_output_path(out if out is not None else settings["out"], experiment_name(config))
+    path = metrics_path(config, out)
     if path.exists() and not overwrite:  # fail before the (long) evaluation, not after
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
+    full = with_defaults(config)
     torch.manual_seed(int(full["seed"]))
-
     start = time.perf_counter()
-    model, _, tokenizer = build_clip(config, device=device)  # random towers: seeded as in training
-    dataset = build_dataset_split(config, "eval_split", mode="eval")
-    generator = build_generator(config)
-    text = build_text_classifier(config, model, tokenizer, dataset.classes, device=device)
-    classifier = build_classifier(config, model, checkpoint).to(device)
-    metrics = evaluate(classifier, generator, dataset, text, full["model"]["image_size"],
-                       ensemble_lambda=settings["ensemble_lambda"], max_images=settings["max_images"],
-                       progress=progress, variant=settings["variant"], sliding_window=settings["sliding_window"],
-                       window=settings["window"], stride=settings["stride"])
+    experiment = build_experiment(config, device=device)  # random towers: seeded as in training
+    metrics = evaluate(experiment.classifier(checkpoint), experiment.generator, experiment.dataset,
+                       experiment.text, experiment.image_size, ensemble_lambda=settings["ensemble_lambda"],
+                       max_images=settings["max_images"], progress=progress, variant=settings["variant"],
+                       sliding_window=settings["sliding_window"], window=settings["window"],
+                       stride=settings["stride"])
     metrics.update(
         name=experiment_name(config),
         dataset=full["data"]["dataset"],
@@ -394,29 +328,6 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     )
     write_json(metrics, path, overwrite=overwrite)
     return {**metrics, "path": str(path)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment YAML (a path or a shipped config name)")
-    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint (from maft train)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set eval.ensemble_lambda=0.7 (repeatable)")
-    parser.add_argument("--out", default=None, help="metrics JSON (default: eval.out or outputs/eval/<name>.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing metrics file")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .config import load_config
-
-    config = load_config(args.config, args.overrides)
-    config.setdefault("name", Path(args.config).stem)
-    result = evaluate_config(config, checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
-                             device=args.device, progress=not args.no_progress)
-    print(format_summary(result))
-    print(f"metrics written to {result['path']}")
-    return 0
 
 
 def format_summary(metrics: dict) -> str:

@@ -1,34 +1,48 @@
-"""Wiring shared by train, eval, predict and the world story: one experiment config -> the parts.
+"""One config -> the parts of an experiment, built in one place for every entry point.
 
-A config is the YAML mapping described in ``maft/configs/*.yaml``; every builder here reads only its own
-section so that the same file drives ``maft train``, ``maft eval`` and ``maft predict``.
+``build_experiment(config)`` assembles what train, eval, predict, the analyses, the studies and the
+notebooks all need: the CLIP model (a random tower seeded by ``config['seed']``, so every entry point
+rebuilds the same one), the dataset split, the proposal generator, the text classifier, and the
+proposal classifiers (IP-CLIP, frozen or fine-tuned, and the frozen crop-and-classify baseline).
+Each builder below reads only its own config section; the sections and their defaults are in
+:mod:`maft.config`.
 """
 from __future__ import annotations
 
 import copy
-from typing import Any
+import platform
+from dataclasses import dataclass
+from typing import Any, Sequence
 
-DEFAULTS: dict[str, Any] = {
-    "seed": 0,
-    "model": {"name": "ViT-B-16", "pretrained": "openai", "image_size": 480, "start_layer": None},
-    "data": {"dataset": "voc20", "root": None, "train_split": "train", "eval_split": "val", "max_images": None},
-    "proposals": {"kind": "gt", "settings": {}},
-    "text": {"templates": "vild"},
-}
+import open_clip
+import torch
+
+from .baseline import FrozenCLIP
+from .checkpoints import load_finetuned
+from .clip import load_clip
+from .config import eval_settings, with_defaults
+from .datasets import build_dataset
+from .inference import Segmenter
+from .ipclip import IPCLIP
+from .proposals import build_proposal_generator
+from .text import text_classifier
+from .world.pretrain import MODEL_NAME as WORLD_MODEL_NAME, ensure_world_clip
+
+SPLITS = {"eval": ("eval_split", "eval"), "train": ("train_split", "train")}
 
 
-def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``config`` with every missing section/key taken from :data:`DEFAULTS`."""
-    merged = copy.deepcopy(config)
-    for section, values in DEFAULTS.items():
-        if isinstance(values, dict):
-            given = merged.get(section) or {}
-            if not isinstance(given, dict):
-                raise ValueError(f"config section {section!r} must be a mapping, got {given!r}")
-            merged[section] = {**copy.deepcopy(values), **given}
-        else:
-            merged.setdefault(section, values)
-    return merged
+# --------------------------------------------------------------------------------------------------
+# The builders, one per config section
+# --------------------------------------------------------------------------------------------------
+def model_weights(model_cfg: dict[str, Any]):
+    """``model.pretrained`` as :func:`maft.clip.load_clip` takes it; the tag ``world`` is the world CLIP,
+    pretrained on first use and cached."""
+    if model_cfg["pretrained"] == "world":
+        if model_cfg["name"] != WORLD_MODEL_NAME:
+            raise ValueError(f"pretrained 'world' exists only for model {WORLD_MODEL_NAME!r}, "
+                             f"not {model_cfg['name']!r}")
+        return str(ensure_world_clip())
+    return model_cfg["pretrained"]
 
 
 def build_clip(config: dict[str, Any], device: str = "cpu"):
@@ -37,22 +51,16 @@ def build_clip(config: dict[str, Any], device: str = "cpu"):
     Random initialisation (``pretrained: null``) is seeded by ``config['seed']`` (the global RNG is left
     untouched), so training, evaluation and every notebook rebuild the same random tower.
     """
-    import torch
-
-    from .clip import load_clip
-
     config = with_defaults(config)
     model_cfg = config["model"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(config["seed"]))
-        return load_clip(model_cfg["name"], pretrained=resolve_pretrained(model_cfg), device=device,
+        return load_clip(model_cfg["name"], pretrained=model_weights(model_cfg), device=device,
                          image_size=model_cfg["image_size"])
 
 
 def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
     """The dataset for ``data[split_key]`` (``train_split`` or ``eval_split``) in ``mode``."""
-    from .datasets import build_dataset
-
     data = with_defaults(config)["data"]
     return build_dataset(data["dataset"], data[split_key], root=data["root"], mode=mode,
                          max_images=data["max_images"])
@@ -60,8 +68,6 @@ def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
 
 def build_generator(config: dict[str, Any], **extra):
     """The proposal generator of ``config['proposals']`` (``extra`` overrides its settings)."""
-    from .proposals import build_proposal_generator
-
     config = with_defaults(config)
     proposals = config["proposals"]
     settings = {**(proposals.get("settings") or {}), **extra}
@@ -72,30 +78,127 @@ def build_generator(config: dict[str, Any], **extra):
 
 def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu"):
     """Text embeddings [C, D] for ``class_names`` with the config's prompt templates."""
-    from .clip import text_classifier
-
     templates = with_defaults(config)["text"]["templates"]
     return text_classifier(model, tokenizer, class_names, templates=templates, device=device)
 
 
-def load(name_or_path, overrides=()) -> dict[str, Any]:
-    """An experiment config (shipped name or YAML path) with overrides applied and defaults filled."""
-    from .config import load_config
-
-    return with_defaults(load_config(name_or_path, overrides))
-
-
-def resolve_pretrained(model_cfg: dict[str, Any]):
-    """``pretrained`` as load_clip takes it; the tag ``world`` is the world CLIP, built on first use."""
-    if model_cfg["pretrained"] == "world":
-        from .world_clip import MODEL_NAME, ensure_world_clip
-
-        if model_cfg["name"] != MODEL_NAME:
-            raise ValueError(f"pretrained 'world' exists only for model {MODEL_NAME!r}, not {model_cfg['name']!r}")
-        return str(ensure_world_clip())
-    return model_cfg["pretrained"]
+def build_ipclip(config: dict[str, Any], visual: torch.nn.Module, checkpoint=None, **settings) -> IPCLIP:
+    """IP-CLIP on ``visual`` with the config's start layer; with ``checkpoint``, on a copy of the tower
+    with the fine-tuned parameters loaded (a clear error for another model, weights or config)."""
+    start_layer = with_defaults(config)["model"]["start_layer"]
+    if checkpoint is None:
+        return IPCLIP(visual, start_layer=start_layer, **settings).eval()
+    classifier = IPCLIP(copy.deepcopy(visual), start_layer=start_layer, **settings)
+    return load_finetuned(classifier, checkpoint, config=config).eval()
 
 
+def build_classifier(config: dict[str, Any], model, checkpoint=None) -> torch.nn.Module:
+    """The proposal classifier of ``config['eval']``: IP-CLIP (optionally fine-tuned) or frozen CLIP.
+
+    A fine-tuned IP-CLIP is loaded into ``model.visual`` itself (not a copy): the model is built for it.
+    """
+    settings = eval_settings(config)
+    if settings["classifier"] == "ipclip":
+        classifier = build_ipclip(config, model.visual)
+        if checkpoint is not None:
+            load_finetuned(classifier, checkpoint, config=config)
+        return classifier.eval()
+    if checkpoint is not None:
+        raise ValueError("a checkpoint holds a fine-tuned IP-CLIP; eval.classifier=frozen takes none "
+                         "(set eval.classifier=ipclip)")
+    return FrozenCLIP(model.visual, merge=settings["merge"], input_size=settings["input_size"]).eval()
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole experiment
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Experiment:
+    """Everything built from one config: the model, one dataset split, the generator, the text classifier.
+
+    ``classes`` are the names the text classifier scores (``text`` [C, D]); ``class_ids`` their ids in the
+    dataset (all classes, or the seen ones for the training view), None without a dataset.
+    """
+
+    config: dict
+    device: str
+    model: torch.nn.Module
+    tokenizer: Any
+    dataset: Any
+    generator: Any
+    text: torch.Tensor
+    classes: list[str]
+    class_ids: list[int] | None
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["model"]["image_size"])
+
+    @property
+    def frozen(self) -> IPCLIP:
+        """IP-CLIP on the original weights (built once; it shares the model's tower)."""
+        if not hasattr(self, "_frozen"):
+            self._frozen = build_ipclip(self.config, self.model.visual)
+        return self._frozen
+
+    def finetuned(self, checkpoint) -> IPCLIP:
+        """IP-CLIP on a copy of the tower with the fine-tuned parameters of ``checkpoint``."""
+        return build_ipclip(self.config, self.model.visual, checkpoint)
+
+    def crop(self, merge: str = "mask_and_crop") -> FrozenCLIP:
+        """The frozen-CLIP two-step baseline (ZegFormer's merge operations) on the same tower."""
+        return FrozenCLIP(self.model.visual, merge=merge).eval()
+
+    def classifier(self, checkpoint=None) -> torch.nn.Module:
+        """The proposal classifier ``eval.classifier`` names (see :func:`build_classifier`)."""
+        return build_classifier(self.config, self.model, checkpoint).to(self.device)
+
+    def segmenter(self, classifier, class_ids: Sequence[int] | None = None) -> Segmenter:
+        """CLIP-only whole-image segmenter over the text classes, or over those at rows ``class_ids``
+        only (e.g. the seen classes, as in training, where the softmax runs over C_seen)."""
+        if class_ids is None:
+            return Segmenter(classifier, self.generator, self.text, self.image_size, classes=self.classes)
+        ids = list(class_ids)
+        return Segmenter(classifier, self.generator, self.text[ids], self.image_size,
+                         classes=[self.classes[i] for i in ids])
+
+
+def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | None = "eval",
+                     text_classes: str | Sequence[str] = "all", model=None, generator=None) -> Experiment:
+    """The parts of ``config`` (defaults filled in).
+
+    ``split``: "eval" (``data.eval_split``, all labels), "train" (``data.train_split``, the zero-shot
+    training view: unseen pixels are ignore) or None (no dataset, e.g. predict on one image).
+    ``text_classes``: "all" (the dataset's classes), "seen" (the seen ones, as in training) or a list of
+    names. ``model``: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse; ``generator``: a
+    ready proposal generator to use instead of the config's.
+    """
+    config = with_defaults(config)
+    clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
+    dataset = None
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)} or None, got {split!r}")
+        dataset = build_dataset_split(config, *SPLITS[split])
+    if isinstance(text_classes, str):
+        if dataset is None:
+            raise ValueError(f"text_classes={text_classes!r} needs a dataset; give class names when split=None")
+        if text_classes not in ("all", "seen"):
+            raise ValueError(f"text_classes must be 'all', 'seen' or a list of names, got {text_classes!r}")
+        class_ids = list(range(len(dataset.classes))) if text_classes == "all" else list(dataset.seen)
+        classes = [dataset.classes[i] for i in class_ids]
+    else:
+        classes, class_ids = list(text_classes), None
+    with torch.no_grad():
+        text = build_text_classifier(config, clip_model, tokenizer, classes, device=device)
+    return Experiment(config=config, device=device, model=clip_model, tokenizer=tokenizer, dataset=dataset,
+                      generator=generator if generator is not None else build_generator(config), text=text,
+                      classes=classes, class_ids=class_ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Saying what runs
+# --------------------------------------------------------------------------------------------------
 def describe(config: dict[str, Any]) -> str:
     """A few lines saying what the experiment runs (for notebooks and logs)."""
     config = with_defaults(config)
@@ -117,11 +220,6 @@ def describe(config: dict[str, Any]) -> str:
 
 def environment_summary(device: str = "cpu") -> dict[str, Any]:
     """Versions and hardware that decide whether a run reproduces."""
-    import platform
-
-    import open_clip
-    import torch
-
     summary = {"python": platform.python_version(), "torch": torch.__version__,
                "open_clip": open_clip.__version__, "device": device, "cpu_threads": torch.get_num_threads(),
                "cuda_available": torch.cuda.is_available()}

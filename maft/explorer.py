@@ -8,26 +8,29 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import ipywidgets as widgets
 import torch
+from IPython.display import display
 
-from .analysis import Parts, segmenter
-from .inference import classify_proposals, clip_normalisation
+from .clip import clip_normalisation
+from .experiment import Experiment
+from .inference import classify_proposals
 from .viz import plot_proposals_topk
 
 
 class ProposalExplorer:
-    def __init__(self, parts: Parts, classifiers: dict, k: int = 5, max_images: int | None = None):
+    def __init__(self, experiment: Experiment, classifiers: dict, k: int = 5, max_images: int | None = None):
         if len(classifiers) not in (1, 2):
             raise ValueError(f"the explorer compares one or two classifiers, got {len(classifiers)}")
-        self.parts, self.classifiers, self.k = parts, dict(classifiers), k
-        self.num_images = len(parts.dataset) if max_images is None else min(len(parts.dataset), max_images)
+        self.experiment, self.classifiers, self.k = experiment, dict(classifiers), k
+        self.num_images = len(experiment.dataset) if max_images is None else min(len(experiment.dataset), max_images)
         self._cache: dict[int, tuple] = {}
 
     def proposals(self, index: int):
         """(sample, proposals) of image ``index``, cached."""
         if index not in self._cache:
-            sample = self.parts.dataset[index]
-            self._cache[index] = (sample, self.parts.generator(sample))
+            sample = self.experiment.dataset[index]
+            self._cache[index] = (sample, self.experiment.generator(sample))
         return self._cache[index]
 
     def box_mask(self, index: int, rows: Sequence[int], cols: Sequence[int]) -> torch.Tensor:
@@ -44,8 +47,8 @@ class ProposalExplorer:
         out = []
         for classifier in self.classifiers.values():
             mean, std = clip_normalisation(classifier)
-            out.append(classify_proposals(classifier, sample["image"], masks.float(), self.parts.text,
-                                          self.parts.image_size, mean, std))
+            out.append(classify_proposals(classifier, sample["image"], masks.float(), self.experiment.text,
+                                          self.experiment.image_size, mean, std))
         return out
 
     def figure(self, index: int = 0, proposal: int = 0, box: tuple | None = None):
@@ -62,16 +65,13 @@ class ProposalExplorer:
         probs = self.scores(index, masks)
         names = list(self.classifiers)
         fig = plot_proposals_topk(sample["image"], masks, probs[0], probs[1] if len(probs) > 1 else None,
-                                  self.parts.dataset.classes, k=self.k,
+                                  self.experiment.dataset.classes, k=self.k,
                                   titles=(names[0], names[1] if len(names) > 1 else ""))
         fig.axes[0].set_title(f"image {index}, {title}", fontsize=9)
         return fig
 
     def widget(self):
         """The interactive explorer (JupyterLab): image and proposal sliders, or a box from two ranges."""
-        import ipywidgets as widgets
-        from IPython.display import display
-
         sample, _ = self.proposals(0)
         height, width = sample["image"].shape[-2:]
         image = widgets.IntSlider(0, 0, self.num_images - 1, description="image")

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from .classes import class_key
+from .clip import clip_normalisation, preprocess_images
+from .masks import resize_masks
+from .text import class_probabilities
 
 NO_PREDICTION = -1  # label of pixels no proposal covers; never a class id
 ENSEMBLE_VARIANTS = ("paper", "zsseg")
@@ -59,20 +63,16 @@ def align_generator_scores(scores: torch.Tensor, generator_classes: Sequence[str
                          f"{len(generator_classes)} class names")
     position = {}
     for j, name in enumerate(generator_classes):
-        key = _class_key(name)
+        key = class_key(name)
         if key in position:
             raise ValueError(f"generator class list names {name!r} twice")
         position[key] = j
     aligned = scores.new_full((scores.shape[0], len(classes)), float("nan"))
     for c, name in enumerate(classes):
-        j = position.get(_class_key(name))
+        j = position.get(class_key(name))
         if j is not None:
             aligned[:, c] = scores[:, j]
     return aligned
-
-
-def _class_key(name: str) -> str:
-    return " ".join(str(name).lower().split())
 
 
 def ensemble_scores(clip_probs: torch.Tensor, gen_probs: torch.Tensor | None, seen, lam: float | None,
@@ -155,28 +155,6 @@ def semantic_map(probs: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]
     return labels.reshape(height, width)
 
 
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of soft masks [N, h, w] -> [N, H, W], kept in [0, 1]."""
-    if masks.shape[0] == 0:
-        return masks.new_zeros((0, *size))
-    resized = F.interpolate(masks.float()[:, None], size=tuple(size), mode="bilinear", align_corners=False)
-    return resized[:, 0].clamp_(0, 1).to(masks.dtype if masks.is_floating_point() else torch.float32)
-
-
-# --------------------------------------------------------------------------------------------------
-# Proposal classification (whole image, or sliding windows for large images)
-# --------------------------------------------------------------------------------------------------
-def clip_normalisation(classifier) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The image mean/std of the classifier's vision tower (open_clip stores them on ``visual``)."""
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    visual = getattr(classifier, "visual", None)
-    cfg = getattr(visual, "preprocess_cfg", None) or {}
-    mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
-    std = cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_DATASET_STD
-    return tuple(mean), tuple(std)
-
-
 def _classifier_device(classifier) -> torch.device:
     try:
         return next(classifier.parameters()).device
@@ -187,8 +165,6 @@ def _classifier_device(classifier) -> torch.device:
 def classify_proposals(classifier, image: torch.Tensor, masks: torch.Tensor, text: torch.Tensor,
                        image_size: int, mean, std, logit_scale: float = 100.0) -> torch.Tensor:
     """A^c [N, C]: the whole image resized to ``image_size`` for CLIP, masks passed at their resolution."""
-    from .clip import class_probabilities, preprocess_images
-
     if masks.shape[0] == 0:
         return text.new_zeros((0, text.shape[0]))
     device = _classifier_device(classifier)

@@ -16,9 +16,9 @@ the fastest SDPA kernel applies); the N class rows are one extra SDPA of N queri
 
 Conventions (decided here, tested in tests/test_ipclip.py):
 
-* Proposals are resized to the patch grid with bilinear interpolation (``align_corners=False``, no
-  antialias, as the authors do) and a patch is *on* when the resized value is strictly ``> 0.5``
-  (the authors' ``> 0.5``; a 2x2 block with exactly half its pixels on is off).
+* Proposals are resized to the patch grid with :func:`maft.masks.binarize_masks`: bilinear
+  interpolation (``align_corners=False``, no antialias, as the authors do), and a patch is *on* when the
+  resized value is strictly ``> 0.5`` (a 2x2 block with exactly half its pixels on is off).
 * ``start_layer`` L counts blocks from 0: blocks ``L .. depth-1`` use mask attention. ``L = 0`` masks every
   block; ``L = depth`` is allowed and means *no* mask attention at all: every proposal then gets the
   plain image embedding (a useful ablation end point, paper Tab. 4e). Default ``round(depth * 8 / 12)``
@@ -42,7 +42,7 @@ from torch.utils.checkpoint import checkpoint
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-MASK_THRESHOLD = 0.5
+from .masks import MASK_THRESHOLD, binarize_masks
 
 
 class ProposalEmbeddings(list):
@@ -66,16 +66,6 @@ def default_start_layer(depth: int) -> int:
     return int(round(depth * 8 / 12))
 
 
-def resize_masks_to_grid(masks: torch.Tensor, grid_size: tuple[int, int],
-                         threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """``[N, h, w]`` soft/binary masks -> bool ``[N, gh, gw]``: bilinear resize, then ``> threshold``."""
-    if masks.shape[0] == 0:
-        return torch.zeros(0, *grid_size, dtype=torch.bool, device=masks.device)
-    values = masks if masks.is_floating_point() else masks.float()
-    resized = F.interpolate(values[:, None], size=tuple(grid_size), mode="bilinear", align_corners=False)
-    return resized[:, 0] > threshold
-
-
 def class_token_attention_mask(masks: torch.Tensor, grid_size: tuple[int, int],
                                threshold: float = MASK_THRESHOLD) -> torch.Tensor:
     """The paper's eq. 2 ``M_hat = [I(N, N); Flat(M)]`` as bool ``[N, N + gh*gw]`` (True = may attend).
@@ -83,7 +73,7 @@ def class_token_attention_mask(masks: torch.Tensor, grid_size: tuple[int, int],
     Row n is class query n: itself among the N class tokens, then the patches (row-major over the patch
     grid) where proposal n is on. The attention bias B of eq. 2 is 0 where True and -inf where False.
     """
-    on_grid = resize_masks_to_grid(masks, grid_size, threshold).flatten(1)
+    on_grid = binarize_masks(masks, grid_size, threshold).flatten(1)
     identity = torch.eye(masks.shape[0], dtype=torch.bool, device=masks.device)
     return torch.cat([identity, on_grid], dim=1)
 
@@ -190,9 +180,13 @@ class IPCLIP(nn.Module):
         """
         _check_images(images)
         check_masks(masks, images.shape[0], self.max_proposals)
-        if self.kind == "vit":
-            return self._forward_vit(images, masks, return_patch_tokens)
-        return self._forward_resnet(images, masks, return_patch_tokens)
+        grid = self.patch_grid(images)
+        on_grid, empty = self._proposals_on_grid(masks, grid, images.device)
+        counts = [rows.shape[0] for rows in on_grid]
+        if max(counts) == 0 and not return_patch_tokens:
+            return self._empty_result(images, empty)
+        forward = self._forward_vit if self.kind == "vit" else self._forward_resnet
+        return forward(images, grid, on_grid, empty, counts, return_patch_tokens)
 
     @property
     def output_dim(self) -> int:
@@ -212,7 +206,7 @@ class IPCLIP(nn.Module):
 
     def _proposals_on_grid(self, masks, grid_size, device):
         """Per image bool [N_b, gh*gw] (patch on) and bool [N_b] (no patch on), on ``device``."""
-        on_grid = [resize_masks_to_grid(m.to(device), grid_size).flatten(1) for m in masks]
+        on_grid = [binarize_masks(m.to(device), grid_size).flatten(1) for m in masks]
         empty = [~m.any(dim=1) for m in on_grid]
         return on_grid, empty
 
@@ -301,14 +295,9 @@ class IPCLIP(nn.Module):
         x = x + block.ls_1(attn.out_proj(_merge_heads(patch_out)))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
-    def _forward_vit(self, images, masks, return_patch_tokens):
+    def _forward_vit(self, images, grid, on_grid, empty, counts, return_patch_tokens):
         visual = self.visual
-        grid = self._vit_grid(images)
-        on_grid, empty = self._proposals_on_grid(masks, grid, images.device)
-        counts = [rows.shape[0] for rows in on_grid]
         num_queries = max(counts)
-        if num_queries == 0 and not return_patch_tokens:
-            return self._empty_result(images, empty)
 
         blocks = visual.transformer.resblocks
         x = self._vit_embed(images)
@@ -353,14 +342,9 @@ class IPCLIP(nn.Module):
                 f"attention pool's positional embedding has {num_positions} positions; resize the tower first")
         return grid
 
-    def _forward_resnet(self, images, masks, return_patch_tokens):
+    def _forward_resnet(self, images, grid, on_grid, empty, counts, return_patch_tokens):
         pool = self.visual.attnpool
-        grid = self._resnet_grid(images)
-        on_grid, empty = self._proposals_on_grid(masks, grid, images.device)
-        counts = [rows.shape[0] for rows in on_grid]
         num_queries = max(counts)
-        if num_queries == 0 and not return_patch_tokens:
-            return self._empty_result(images, empty)
 
         features = self._resnet_features(images)
         tokens = features.flatten(2).transpose(1, 2)  # [B, hw, C]

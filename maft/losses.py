@@ -33,6 +33,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .masks import resize_masks
+
 LOSS_KINDS = ("smooth_l1", "l1", "l2", "kl")
 IOU_EPS = 1e-7
 
@@ -42,27 +44,19 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"loss kind must be one of {', '.join(LOSS_KINDS)}, got {kind!r}")
 
 
-def resize_to(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Soft masks ``[N, h, w]`` -> ``[N, *size]`` (bilinear, as the authors resize proposals to the GT)."""
-    masks = masks.float()
-    if tuple(masks.shape[-2:]) == tuple(size) or masks.shape[0] == 0:
-        return masks if masks.shape[0] else masks.new_zeros(0, *size)
-    return F.interpolate(masks[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
 def soft_iou(masks: torch.Tensor, targets: torch.Tensor, eps: float = IOU_EPS,
              valid: torch.Tensor | None = None) -> torch.Tensor:
     """``[K, N]`` soft IoU of N soft masks ``[N, H, W]`` (values in [0, 1]) with K binary maps ``[K, H, W]``.
 
     ``valid`` (bool ``[H, W]``, optional): only these pixels count; the others are dropped from the
-    intersection and from both areas. Masks and targets must share H x W (see :func:`resize_to`).
+    intersection and from both areas. Masks and targets must share H x W (see :func:`maft.masks.resize_masks`).
     """
     if masks.ndim != 3 or targets.ndim != 3:
         raise ValueError(f"soft_iou: masks must be [N,H,W] and targets [K,H,W], got {tuple(masks.shape)} "
                          f"and {tuple(targets.shape)}")
     if masks.shape[1:] != targets.shape[1:]:
         raise ValueError(f"soft_iou: masks are {tuple(masks.shape[1:])} but targets are "
-                         f"{tuple(targets.shape[1:])}; resize the proposals to the ground truth first (resize_to)")
+                         f"{tuple(targets.shape[1:])}; resize the proposals to the ground truth first (maft.masks.resize_masks)")
     m = masks.float().flatten(1)
     t = targets.float().flatten(1)
     if valid is not None:
@@ -144,7 +138,7 @@ def iou_targets(masks: torch.Tensor, label: torch.Tensor, class_ids: Sequence[in
     with torch.no_grad():
         classes = torch.tensor(eligible, dtype=torch.long, device=device)
         targets = label[None] == classes[:, None, None]
-        proposals = resize_to(masks.detach(), label.shape)
+        proposals = resize_masks(masks.detach().float(), label.shape)
         scores = soft_iou(proposals, targets, valid=valid_pixels if exclude_ignored else None)
         normalised, valid_rows = minmax_normalise(scores)
     columns = torch.tensor([column_of[c] for c in eligible], dtype=torch.long, device=device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -66,3 +67,36 @@ def dataset_dir(folder_names: str | list[str], root: str | os.PathLike | None = 
         f"dataset folder not found; looked for {', '.join(tried)}. Prepare it with "
         f"`maft data prepare <dataset> --src <official download> --dst <root>` or set MAFT_DATA."
     )
+
+
+def resolve_output_path(out: str | os.PathLike | None, name: str, default: tuple[str, ...]) -> Path:
+    """Where a run writes: ``out`` with ``<name>`` filled in.
+
+    None gives ``outputs/<default...>`` (with ``<name>`` filled in there too); a relative path starting
+    with ``outputs/`` goes under the outputs root (``$MAFT_OUTPUTS``), so every command honours it the
+    same way; any other path is used as given.
+    """
+    if out is None:
+        return outputs_dir(*(part.replace("<name>", name) for part in default), create=False)
+    path = Path(str(out).replace("<name>", name))
+    if not path.is_absolute() and path.parts and path.parts[0] == "outputs":
+        return outputs_dir(*path.parts[1:], create=False)
+    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(partial)`` on a temporary file beside ``path``, then rename it to ``path``.
+
+    The rename is atomic, so a concurrent reader (or a later run after a crash) never sees a
+    half-written checkpoint, cache entry or metrics file under the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path

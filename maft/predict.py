@@ -18,7 +18,6 @@ No detectron2 and no compiled ops: proposals come from :mod:`maft.proposals` (SA
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -28,8 +27,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
+from .classes import check_class_names
+from .config import eval_settings, load
+from .datasets import read_image, read_label as read_label_file
+from .evaluate import check_label
+from .experiment import build_experiment, build_generator
 from .inference import NO_PREDICTION, Segmenter
+from .viz import legend_entries, overlay, overlay_figure, save_figure
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
 LABELS_NONE_8BIT = 255
@@ -47,8 +53,6 @@ class PredictResult:
 
     def figure(self, image, title: str | None = None):
         """The overlay with a legend of the classes present (a matplotlib Figure)."""
-        from .viz import overlay_figure
-
         return overlay_figure(image, self.label_map, self.classes, title=title)
 
 
@@ -56,33 +60,24 @@ class PredictResult:
 # Inputs
 # --------------------------------------------------------------------------------------------------
 def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
-    """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names."""
+    """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names
+    (duplicates as :func:`maft.classes.check_class_names` finds them: case and spacing ignored)."""
     names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
     names = [str(name).strip() for name in names]
     if not names or all(not name for name in names):
         raise ValueError("class names: the list is empty (give e.g. --classes \"cat,dog,grass\")")
     if any(not name for name in names):
         raise ValueError(f"class names: empty name in {names} (check for doubled or trailing commas)")
-    seen, duplicates = set(), []
-    for name in names:
-        key = name.lower()
-        if key in seen and name not in duplicates:
-            duplicates.append(name)
-        seen.add(key)
-    if duplicates:
-        raise ValueError(f"class names: {duplicates} appear more than once; each class must be named once")
-    return names
+    return check_class_names(names, "class names")
 
 
-def read_image(image) -> tuple[torch.Tensor, str]:
+def load_image(image) -> tuple[torch.Tensor, str]:
     """A path, an HxWx3 uint8 array or a uint8 tensor ([3,H,W] or [H,W,3]) -> (uint8 [3,H,W], id)."""
     if isinstance(image, (str, Path)):
-        from .datasets import read_image as read_image_file  # RGB conversion, clear error when corrupt
-
         path = Path(image)
         if not path.is_file():
             raise FileNotFoundError(f"image {str(path)!r} does not exist")
-        return read_image_file(path), path.stem
+        return read_image(path), path.stem  # RGB conversion, clear error when corrupt
     tensor = torch.as_tensor(np.asarray(image)) if not isinstance(image, torch.Tensor) else image.detach().cpu()
     if tensor.dtype != torch.uint8:
         raise ValueError(f"image array must be uint8 RGB, got {tensor.dtype}")
@@ -95,12 +90,8 @@ def read_image(image) -> tuple[torch.Tensor, str]:
 
 def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     """A label map (PNG path, array or tensor) of class indices into the class names (255 = ignore)."""
-    from .evaluate import check_label
-
     where = "label"
     if isinstance(label, (str, Path)):
-        from .datasets import read_label as read_label_file  # single-channel index PNG, clear errors
-
         path = Path(label)
         where = f"label {str(path)!r}"
         if not path.is_file():
@@ -115,23 +106,9 @@ def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     return tensor
 
 
-def resolve_config(config) -> dict:
-    """A config dict, a YAML path or a shipped config name (None: the package defaults)."""
-    from .config import load_config
-    from .experiment import with_defaults
-
-    if config is None:
-        return with_defaults({})
-    if isinstance(config, dict):
-        return with_defaults(copy.deepcopy(config))
-    return with_defaults(load_config(config))
-
-
 def build_predict_generator(config: dict, proposals) -> Callable:
     """A generator from ``proposals``: a kind ("sam", "gt", "mask2former", "file:DIR"; settings from the
     config when its kind matches) or a ready callable."""
-    from .experiment import build_generator
-
     if callable(proposals):
         return proposals
     if not isinstance(proposals, str):
@@ -164,13 +141,9 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
         ensemble_lambda: "config" (use ``eval.ensemble_lambda``), None (CLIP only) or a number; the
             ensemble needs a generator with class scores and treats the classes it scores as seen.
     """
-    from .evaluate import build_classifier, eval_settings
-    from .experiment import build_clip, build_text_classifier
-    from .viz import overlay
-
     names = parse_class_names(class_names)
-    pixels, image_id = read_image(image)
-    config = resolve_config(config)
+    pixels, image_id = load_image(image)
+    config = load(config)
     settings = eval_settings(config)
     sample = {"image": pixels, "id": image_id}
     if label is not None:
@@ -178,15 +151,14 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     elif proposals == "gt":
         raise ValueError("proposals='gt' derives proposals from a ground-truth label: pass label=... (--label PATH)")
 
+    generator = build_predict_generator(config, proposals)
     if classifier is None or text is None:
-        clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
-        if text is None:
-            text = build_text_classifier(config, clip_model, tokenizer, names, device=device)
-        if classifier is None:
-            classifier = build_classifier(config, clip_model, checkpoint).to(device)
+        experiment = build_experiment(config, device=device, split=None, text_classes=names, model=model,
+                                      generator=generator)
+        text = experiment.text if text is None else text
+        classifier = experiment.classifier(checkpoint) if classifier is None else classifier
     if text.shape[0] != len(names):
         raise ValueError(f"text classifier has {text.shape[0]} rows for {len(names)} class names")
-    generator = build_predict_generator(config, proposals)
     lam = settings["ensemble_lambda"] if ensemble_lambda == "config" else ensemble_lambda
     segmenter = Segmenter(classifier.eval(), generator, text, config["model"]["image_size"], seen=None,
                           ensemble_lambda=lam, variant=settings["variant"], classes=names,
@@ -215,10 +187,6 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 
 def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    from PIL import Image
-
-    from .viz import legend_entries, save_figure
-
     paths = output_paths(out)
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
@@ -240,35 +208,3 @@ def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool
     }
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     return paths
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("image", help="image file (jpg/png/...)")
-    parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,grass"')
-    parser.add_argument("--config", default=None, help="experiment YAML or shipped config name (default: package defaults)")
-    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint")
-    parser.add_argument("--proposals", default="sam", help="sam | gt | mask2former | file:DIR (default sam)")
-    parser.add_argument("--label", default=None, help="label PNG of class indices (needed by --proposals gt)")
-    parser.add_argument("--out", required=True, help="overlay PNG; also writes <out>_legend.png, <out>_labels.png, <out>.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set model.image_size=224 (repeatable)")
-    parser.add_argument("--device", default="cpu")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, load_config
-    from .viz import legend_entries
-
-    existing = [str(p) for p in output_paths(args.out).values() if p.exists()]  # before loading any model
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite or choose another --out")
-    config = load_config(args.config, args.overrides) if args.config else apply_overrides({}, args.overrides)
-    pixels, _ = read_image(args.image)
-    result = predict(args.image, args.classes, config=config, checkpoint=args.checkpoint,
-                     proposals=args.proposals, label=args.label, device=args.device)
-    paths = write_outputs(result, pixels, args.out, overwrite=args.overwrite)
-    for name, rgb, share in legend_entries(result.label_map, result.classes):
-        print(f"{name:>24s}  {100 * share:5.1f}%  rgb{rgb}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0

@@ -27,13 +27,13 @@ Nothing is ever written under ``--src``; an existing non-empty destination folde
 """
 from __future__ import annotations
 
-import argparse
 import pickle
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
+import scipy.io
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -53,44 +53,6 @@ class Pair(NamedTuple):
     image: Path
     label: Path
     read_label: Callable[[Path], np.ndarray]
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    prepare = actions.add_parser("prepare", help="convert an official download into <dst>/<folder>/",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    prepare.add_argument("dataset", choices=DATASETS)
-    prepare.add_argument("--src", required=True, help="the official download (see `maft data prepare -h`)")
-    prepare.add_argument("--dst", required=True, help="data root to write into (e.g. data/)")
-    prepare.add_argument("--splits", nargs="+", help="only these splits (default: all the source has)")
-    prepare.add_argument("--max-images", type=int, help="at most this many images per split (quick subsets)")
-    prepare.add_argument("--max-size", type=int, default=ADE847_MAX_SIZE,
-                         help="ade847: resize so the shorter side is at most this (0 = keep full size)")
-    prepare.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
-
-    check = actions.add_parser("check", help="print per-class image counts of a prepared dataset")
-    check.add_argument("dataset", choices=DATASETS)
-    check.add_argument("--root", help="data root (default: MAFT_DATA, then data/, then ../shared/data)")
-    check.add_argument("--split", help="one split (default: every split found)")
-    check.add_argument("--mode", choices=("eval", "train"), default="eval",
-                       help="train = zero-shot training view (unseen classes ignored)")
-
-    actions.add_parser("list", help="where each dataset resolves under the current data roots")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.action == "prepare":
-        folder = prepare_dataset(args.dataset, args.src, args.dst, splits=args.splits,
-                                 max_images=args.max_images, overwrite=args.overwrite, max_size=args.max_size)
-        print(f"wrote {folder}; check it with: maft data check {args.dataset} --root {folder.parent}")
-    elif args.action == "check":
-        print(check_report(args.dataset, root=args.root, split=args.split, mode=args.mode))
-    else:
-        print(list_report())
-    return 0
 
 
 def check_report(name: str, root=None, split: str | None = None, mode: str = "eval") -> str:
@@ -270,8 +232,6 @@ def read_ade_full_seg(path: Path) -> np.ndarray:
 
 def read_context_mat(path: Path) -> np.ndarray:
     """PASCAL-Context LabelMap (459-class ids, 0 = unlabeled) from a trainval/<id>.mat file."""
-    import scipy.io
-
     try:
         mat = scipy.io.loadmat(path)
     except Exception as error:  # scipy raises several types for damaged files

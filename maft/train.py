@@ -1,4 +1,4 @@
-"""Mask-aware fine-tuning of IP-CLIP (paper Sec. 4.2 and 5.1): ``finetune(config)`` and ``maft train``.
+"""Mask-aware fine-tuning of IP-CLIP (paper Sec. 4.2 and 5.1): ``finetune(config)``.
 
 One training step, for a global batch of B training images (``mode="train"``: unseen pixels are 255):
 
@@ -17,12 +17,9 @@ constant IoU rows, contribute no L_ma but still their L_dis). L_dis is the mean 
 The counts are all-reduced before the backward pass, so N ranks x B/N images give the same gradient
 as 1 rank x B images, and micro-batches (``micro_batch_size``) the same as one pass.
 
-Distributed: the same entry point runs on CPU, one GPU or many GPUs/nodes. Under ``torchrun`` (env
-``WORLD_SIZE`` > 1) a process group is created (gloo on CPU, nccl on CUDA), the student is wrapped in
-DistributedDataParallel and every step's global batch is split into equal contiguous rank shards.
-
-Only what was trained is checkpointed (the tower's trainable parameters by name), with the config,
-the step, optimizer/scheduler/scaler state and RNG states, so ``resume`` continues bit-exactly on CPU.
+Distributed: the same entry point runs on CPU, one GPU or many GPUs/nodes (:mod:`maft.distributed`);
+under ``torchrun`` the student is wrapped in DistributedDataParallel. Which parameters train is
+:mod:`maft.trainable`; what is saved and how a run resumes bit-exactly is :mod:`maft.checkpoints`.
 
 Kept frozen and in eval mode: the text tower, the proposal generator, the teacher and the frozen
 units. The student runs in eval mode too: CLIP towers have no dropout, and a ResNet tower's batch-norm
@@ -34,139 +31,38 @@ import copy
 import json
 import math
 import os
-import random
-import re
 import shutil
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
+import yaml
 from torch import nn
+from tqdm.auto import tqdm
 
-from .experiment import build_clip, build_dataset_split, build_generator, build_text_classifier, with_defaults
-from .losses import LOSS_KINDS, iou_targets, mask_aware_loss_from_targets, self_distillation_loss
+from .checkpoints import load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
+from .clip import clip_normalisation, preprocess_images, tower_input_size
+from .config import training_config, with_defaults
+from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collate_samples, seed_everything,
+                          seed_worker)
+from .experiment import build_experiment, build_ipclip
+from .losses import iou_targets, mask_aware_loss_from_targets, self_distillation_loss
+from .paths import resolve_output_path
+from .text import class_probabilities
+from .trainable import set_trainable
 
-CHECKPOINT_FORMAT = "maft-finetune-v1"
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "iterations": 100,
-    "batch_size": 16,            # GLOBAL batch (all ranks together)
-    "micro_batch_size": None,    # per-rank forward chunk (gradient accumulation); None = whole shard
-    "lr": 1.0e-5,
-    "weight_decay": 1.0e-5,
-    "lr_power": 0.9,             # poly schedule lr * (1 - step / iterations) ** power
-    "grad_clip": 0.01,           # max total gradient L2 norm; null or 0 = off
-    "trainable": ["attn", "norm"],
-    "loss": "smooth_l1",         # L_ma kind: smooth_l1 | l1 | l2 | kl
-    "distill_loss": "smooth_l1",
-    "distill_weight": 1.0,       # lambda; 0 = no teacher at all
-    "amp": True,                 # CUDA only: true (bf16 if supported, else fp16) | bf16 | fp16 | false
-    "device": "auto",            # auto | cpu | cuda
-    "num_workers": 0,            # DataLoader workers (image decoding)
-    "log_every": 10,
-    "checkpoint_every": 50,      # also always at the last step; null or 0 = only the last
-    "out_dir": None,             # None = outputs/train/<name>; "<name>" is filled in
-}
-
-# Settings that may differ between a checkpoint's config and the config that resumes it.
 RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "checkpoint_every"),
                      ("train", "num_workers"), ("train", "device"), ("name",), ("eval",)}
-
-# Trainable units (paper Tab. 4d) -> parameter-name patterns of the open_clip vision tower.
-VIT_UNITS = {
-    "conv": r"conv1\.",
-    "cls": r"class_embedding$",
-    "pos": r"positional_embedding$",
-    "mlp": r"transformer\.resblocks\.\d+\.mlp\.",
-    "attn": r"transformer\.resblocks\.\d+\.attn\.",
-    # The authors train both norms of every block and the final norm, and keep ln_pre frozen with the
-    # patch embedding it normalises: ln_pre is its own unit so the default matches them exactly.
-    "norm": r"(ln_post|transformer\.resblocks\.\d+\.ln_[12])\.",
-    "pre_norm": r"ln_pre\.",
-    "proj": r"proj$",
-}
-# ModifiedResNet towers (IP-CLIP masks their attention pool): the closest equivalents.
-RESNET_UNITS = {
-    "conv": r"(conv[123]\.|layer\d\.\d+\.(conv[123]|downsample\.0)\.)",
-    "cls": r"$^",
-    "pos": r"attnpool\.positional_embedding$",
-    "mlp": r"$^",
-    "attn": r"attnpool\.[qkv]_proj\.",
-    "norm": r"(bn[123]\.|layer\d\.\d+\.(bn[123]|downsample\.1)\.)",
-    "pre_norm": r"$^",
-    "proj": r"attnpool\.c_proj\.",
-}
-UNITS = tuple(VIT_UNITS)
 
 
 class NonFiniteLossError(FloatingPointError):
     """A loss term became NaN or infinite; the message names the step and the term."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Config
-
-
-def training_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with every default filled in and the ``train`` section checked (ValueError on bad values)."""
-    if not isinstance(config, dict):
-        raise ValueError(f"config must be a mapping, got {type(config).__name__}")
-    merged = with_defaults(config)
-    given = merged.get("train") or {}
-    if not isinstance(given, dict):
-        raise ValueError(f"config section 'train' must be a mapping, got {given!r}")
-    unknown = sorted(set(given) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown train settings {unknown}; known: {sorted(TRAIN_DEFAULTS)}")
-    train = {**copy.deepcopy(TRAIN_DEFAULTS), **given}
-    merged["train"] = train
-    merged.setdefault("name", "maft")
-    _check_train_settings(train)
-    return merged
-
-
-def _check_train_settings(train: dict[str, Any]) -> None:
-    def positive_int(key):
-        value = train[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
-
-    positive_int("iterations")
-    positive_int("batch_size")
-    if train["micro_batch_size"] is not None:
-        positive_int("micro_batch_size")
-    for key in ("lr", "weight_decay", "lr_power", "distill_weight"):
-        if not isinstance(train[key], (int, float)) or isinstance(train[key], bool) or train[key] < 0:
-            raise ValueError(f"train.{key} must be a number >= 0, got {train[key]!r}")
-    if train["lr"] <= 0:
-        raise ValueError(f"train.lr must be > 0, got {train['lr']!r}")
-    if train["grad_clip"] is not None and (not isinstance(train["grad_clip"], (int, float)) or train["grad_clip"] < 0):
-        raise ValueError(f"train.grad_clip must be null or a number >= 0, got {train['grad_clip']!r}")
-    for key in ("loss", "distill_loss"):
-        if train[key] not in LOSS_KINDS:
-            raise ValueError(f"train.{key} must be one of {list(LOSS_KINDS)}, got {train[key]!r}")
-    units = train["trainable"]
-    if isinstance(units, str):
-        units = train["trainable"] = [u.strip() for u in units.split(",") if u.strip()]
-    if not isinstance(units, (list, tuple)) or not units:
-        raise ValueError(f"train.trainable must be a non-empty list of units from {list(UNITS)}, got {units!r}")
-    bad = [u for u in units if u not in UNITS]
-    if bad:
-        raise ValueError(f"train.trainable: unknown units {bad}; choose from {list(UNITS)}")
-    if train["amp"] not in (True, False, "bf16", "fp16"):
-        raise ValueError(f"train.amp must be true, false, 'bf16' or 'fp16', got {train['amp']!r}")
-    if train["device"] not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"train.device must be auto, cpu or cuda, got {train['device']!r}")
-    if not isinstance(train["num_workers"], int) or train["num_workers"] < 0:
-        raise ValueError(f"train.num_workers must be an integer >= 0, got {train['num_workers']!r}")
-    for key in ("log_every", "checkpoint_every"):
-        if train[key] is not None and (not isinstance(train[key], int) or train[key] < 0):
-            raise ValueError(f"train.{key} must be null or an integer >= 0, got {train[key]!r}")
 
 
 def _config_differences(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
@@ -187,44 +83,6 @@ def _check_resume_config(config: dict, saved: dict, checkpoint: str) -> None:
                          "resume with the checkpoint's config (omit --config) or start a new run")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Model parts
-
-
-def vision_tower(model: nn.Module) -> nn.Module:
-    """The open_clip vision tower of a CLIP model, an IPCLIP or a tower itself."""
-    inner = getattr(model, "visual", None)
-    return inner if isinstance(inner, nn.Module) else model
-
-
-def _unit_patterns(visual: nn.Module) -> dict[str, str]:
-    from open_clip.modified_resnet import ModifiedResNet
-
-    return RESNET_UNITS if isinstance(visual, ModifiedResNet) else VIT_UNITS
-
-
-def trainable_parameter_names(visual: nn.Module, units: Sequence[str]) -> list[str]:
-    """Names (relative to the tower) of the parameters that belong to ``units``."""
-    bad = [u for u in units if u not in UNITS]
-    if bad:
-        raise ValueError(f"unknown trainable units {bad}; choose from {list(UNITS)}")
-    patterns = _unit_patterns(visual)
-    regex = re.compile("|".join(f"(?:^{patterns[u]})" for u in units))
-    names = [name for name, _ in visual.named_parameters() if regex.match(name)]
-    if not names:
-        raise ValueError(f"trainable units {list(units)} select no parameter of this {type(visual).__name__}")
-    return names
-
-
-def set_trainable(visual: nn.Module, units: Sequence[str]) -> list[str]:
-    """Freeze the tower except ``units``; returns the trainable names."""
-    names = trainable_parameter_names(visual, units)
-    chosen = set(names)
-    for name, parameter in visual.named_parameters():
-        parameter.requires_grad_(name in chosen)
-    return names
-
-
 def _resolve_device(setting: str) -> torch.device:
     if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -240,20 +98,6 @@ def _amp_dtype(setting, device: torch.device):
     if setting == "fp16" or (setting is True and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
-
-
-def _tower_input_size(visual: nn.Module, configured) -> int:
-    if configured is not None:
-        return int(configured if isinstance(configured, int) else configured[0])
-    size = getattr(visual, "image_size", 224)
-    return int(size if isinstance(size, int) else size[0])
-
-
-def _normalisation(visual: nn.Module):
-    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-    cfg = getattr(visual, "preprocess_cfg", None) or {}
-    return tuple(cfg.get("mean", OPENAI_DATASET_MEAN)), tuple(cfg.get("std", OPENAI_DATASET_STD))
 
 
 class Student(nn.Module):
@@ -277,262 +121,6 @@ class Student(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Distributed helpers
-
-
-class _Distributed:
-    """Rank, world size and a process group created here (and destroyed at the end) or found."""
-
-    def __init__(self, device: torch.device):
-        self.created = False
-        if device.type == "cuda":
-            torch.cuda.set_device(device)  # one GPU per process (LOCAL_RANK), before NCCL starts
-        if dist.is_available() and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            self.created = True
-        self.active = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.active else 0
-        self.world = dist.get_world_size() if self.active else 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        return values
-
-    def broadcast(self, obj):
-        if not self.active:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.created:
-            dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------------------------------
-# Data order
-
-
-class GlobalBatchSampler(torch.utils.data.Sampler):
-    """This rank's share of each step's global batch, for steps ``start .. iterations-1``.
-
-    The image stream is an endless sequence of epochs, each a permutation of the dataset drawn from
-    ``seed + epoch``; step s takes stream positions ``s*B .. s*B+B-1`` and rank r the r-th contiguous
-    shard of them. The order depends on (seed, step) only: resuming and changing the number of ranks
-    see exactly the same images.
-    """
-
-    def __init__(self, num_images: int, global_batch: int, seed: int, start: int, iterations: int,
-                 rank: int = 0, world: int = 1):
-        if num_images < 1:
-            raise ValueError("the training dataset is empty")
-        if global_batch % world:
-            raise ValueError(f"train.batch_size={global_batch} must be divisible by the number of "
-                             f"processes ({world}) so that every rank gets the same share")
-        self.num_images, self.global_batch, self.seed = num_images, global_batch, seed
-        self.start, self.iterations, self.rank, self.world = start, iterations, rank, world
-        self._epoch, self._order = None, None
-
-    def _position(self, position: int) -> int:
-        epoch, offset = divmod(position, self.num_images)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._epoch, self._order = epoch, torch.randperm(self.num_images, generator=generator).tolist()
-        return self._order[offset]
-
-    def global_indices(self, step: int) -> list[int]:
-        return [self._position(step * self.global_batch + i) for i in range(self.global_batch)]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        share = self.global_batch // self.world
-        for step in range(self.start, self.iterations):
-            yield self.global_indices(step)[self.rank * share:(self.rank + 1) * share]
-
-    def __len__(self) -> int:
-        return max(0, self.iterations - self.start)
-
-
-class WithProposals(torch.utils.data.Dataset):
-    """A dataset whose samples carry their proposals, so DataLoader workers build them in parallel with
-    the training step (GT-derived and file proposals only: they need no model and are deterministic
-    per image, so the result is the same as building them in the main process)."""
-
-    KINDS = ("gt", "file")
-
-    def __init__(self, dataset, generator: Callable):
-        self.dataset, self.generator = dataset, generator
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        sample = self.dataset[index]
-        return {**sample, "proposals": self.generator(sample)}
-
-
-def _collate_samples(samples: list[dict]) -> list[dict]:
-    return samples  # images differ in size: keep the samples as a list
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2 ** 32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(_as_tuple(state["python"]))
-    torch.set_rng_state(state["torch"])
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def _fingerprint(visual: nn.Module, skip: set[str]) -> dict[str, list[float]]:
-    """Per parameter not in ``skip``: its L2 norm and its projection on a fixed pseudo-random direction.
-
-    Two different weight sets (other pretrained weights, a random tower with another seed) differ in
-    the projection by about their norm; the same weights stored in fp16/bf16 by well under 1 % of it.
-    """
-    out = {}
-    with torch.no_grad():
-        for name, parameter in visual.named_parameters():
-            if name not in skip:
-                values = parameter.detach().double().flatten()
-                index = torch.arange(values.numel(), dtype=torch.float64, device=values.device)
-                direction = torch.cos(index * 2.399963)  # golden angle: no short period
-                out[name] = [values.norm().item(), (values * direction).sum().item()]
-    return out
-
-
-def load_checkpoint(checkpoint: str | os.PathLike | dict) -> dict:
-    """A fine-tuning checkpoint as a dict (a dict is returned as is after a format check)."""
-    if isinstance(checkpoint, dict):
-        state = checkpoint
-        where = "checkpoint"
-    else:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
-            raise ValueError(f"checkpoint {str(path)!r} could not be read as a MAFT checkpoint: {error}") from None
-        where = str(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{where} is not a MAFT fine-tuning checkpoint (format {CHECKPOINT_FORMAT!r})")
-    return state
-
-
-def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, config: dict | None = None,
-                   check_base: bool = True) -> nn.Module:
-    """Apply a fine-tuning checkpoint's trained parameters to ``model`` (CLIP model, IPCLIP or tower).
-
-    Clear ValueErrors when the checkpoint cannot belong to this model: ``config['model']`` (if given)
-    names another model or weights; a parameter is missing or has another shape; or (``check_base``)
-    the frozen base weights differ from those it was trained on (e.g. other pretrained weights, or a
-    random tower built with another seed: use :func:`maft.experiment.build_clip`). Returns ``model``.
-    """
-    state = load_checkpoint(checkpoint)
-    source = state["model"]
-    where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
-    if config is not None:
-        wanted = with_defaults(config)["model"]
-        for key in ("name", "pretrained"):
-            if wanted.get(key) != source.get(key):
-                raise ValueError(f"{where} was trained from model {key} {source.get(key)!r}, but the config "
-                                 f"asks for {wanted.get(key)!r}")
-    visual = vision_tower(model)
-    own = dict(visual.named_parameters())
-    problems = []
-    for name, value in state["params"].items():
-        if name not in own:
-            problems.append(f"{name} missing")
-        elif tuple(own[name].shape) != tuple(value.shape):
-            problems.append(f"{name} is {tuple(own[name].shape)}, checkpoint has {tuple(value.shape)}")
-    if problems:
-        raise ValueError(f"{where} (model {source.get('name')!r}, image_size {source.get('image_size')!r}) does "
-                         f"not fit this {type(visual).__name__}: " + "; ".join(problems[:5])
-                         + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-    if check_base and state.get("base_fingerprint"):
-        _check_base(visual, state, where)
-    with torch.no_grad():
-        for name, value in state["params"].items():
-            own[name].copy_(value)
-    return model
-
-
-def _check_base(visual: nn.Module, state: dict, where: str) -> None:
-    current = _fingerprint(visual, set(state["params"]))
-    for name, (norm, projection) in state["base_fingerprint"].items():
-        if name not in current:
-            raise ValueError(f"{where}: the model has no parameter {name} that the base model had")
-        now_norm, now_projection = current[name]
-        tolerance = 1e-2 * norm + 1e-6
-        if abs(now_norm - norm) > tolerance or abs(now_projection - projection) > tolerance:
-            raise ValueError(
-                f"{where}: the frozen base weights differ from those the checkpoint was trained on (first at "
-                f"{name}); it was trained from {state['model'].get('name')!r} with pretrained="
-                f"{state['model'].get('pretrained')!r} (random towers must be built with the same seed, "
-                "maft.experiment.build_clip)")
-
-
-def _save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: dict, step: int,
-                     optimizer, scheduler, scaler, out_dir: Path) -> Path:
-    own = dict(visual.named_parameters())
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model": dict(config["model"]),
-        "config": config,
-        "step": step,
-        "trainable": list(config["train"]["trainable"]),
-        "params": {name: own[name].detach().float().cpu().clone() for name in trained},
-        # the frozen weights these parameters sit on, so loading onto another base is caught
-        "base_fingerprint": _fingerprint(visual, set(trained)),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(),
-        "out_dir": str(out_dir),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, partial)
-    os.replace(partial, path)  # never leave a half-written checkpoint under the real name
-    return path
-
-
-# ----------------------------------------------------------------------------------------------------
 # Run directory
 
 
@@ -542,14 +130,7 @@ RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "checkpoint.pt", "c
 def resolve_run_dir(out_dir: str | os.PathLike | None, name: str) -> Path:
     """``train.out_dir`` with ``<name>`` filled in; None or a relative ``outputs/...`` path goes under the
     outputs root (``$MAFT_OUTPUTS``, as ``maft eval`` does); any other path is used as given."""
-    from .paths import outputs_dir
-
-    if out_dir is None:
-        return outputs_dir("train", name, create=False)
-    path = Path(str(out_dir).replace("<name>", name))
-    if not path.is_absolute() and path.parts and path.parts[0] == "outputs":
-        return outputs_dir(*path.parts[1:], create=False)
-    return path
+    return resolve_output_path(out_dir, name, ("train", "<name>"))
 
 
 def _run_dir(config: dict, overwrite: bool) -> Path:
@@ -584,30 +165,53 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 @dataclass
-class RunParts:
-    """Everything one training run holds: models, data, optimisation state and settings."""
+class TrainingRun:
+    """What one training run holds: models, data and optimisation state. Everything else is derived."""
 
     config: dict
     device: torch.device
-    dist: _Distributed
+    dist: Distributed
     dataset: Any
     visual: nn.Module              # the student's tower (IP-CLIP runs on it in place)
     student: nn.Module             # Student, DDP-wrapped when distributed
     teacher: nn.Module | None      # frozen copy of the original tower; None when distill_weight is 0
     text: torch.Tensor             # [C_seen, D] text classifier of the seen classes
     trained: list[str]             # trainable parameter names (relative to the tower)
-    params: list[nn.Parameter]
     generator: Callable
-    seen: list[int]                # dataset class id of each text row
-    ignore_index: int
-    preprocess: Callable
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: Any
-    autocast: Callable
-    distill_loss: Callable
-    num_trainable: int
-    num_tower: int
+    amp_dtype: torch.dtype | None
+
+    @property
+    def seen(self) -> list[int]:
+        """Dataset class id of each text row."""
+        return list(self.dataset.seen)
+
+    @property
+    def ignore_index(self) -> int:
+        return getattr(self.dataset, "ignore_index", 255)
+
+    @cached_property
+    def params(self) -> list[nn.Parameter]:
+        chosen = set(self.trained)
+        return [p for name, p in self.visual.named_parameters() if name in chosen]
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @property
+    def num_tower(self) -> int:
+        return sum(p.numel() for p in self.visual.parameters())
+
+    def preprocess(self, images) -> torch.Tensor:
+        size = self.config["model"].get("image_size") or tower_input_size(self.visual)
+        return preprocess_images(images, int(size if isinstance(size, int) else size[0]),
+                                 *clip_normalisation(self.visual))
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
 
 def _chunks(items: list, size: int | None) -> list[list]:
@@ -615,7 +219,7 @@ def _chunks(items: list, size: int | None) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _train_step(parts: RunParts, samples: list[dict], step: int) -> dict[str, float]:
+def _train_step(parts: TrainingRun, samples: list[dict], step: int) -> dict[str, float]:
     """Forward/backward/update for this rank's share of one global batch; returns global stats."""
     cfg, device, ddp = parts.config["train"], parts.device, parts.dist
     distill = cfg["distill_weight"] > 0
@@ -654,7 +258,7 @@ def _train_step(parts: RunParts, samples: list[dict], step: int) -> dict[str, fl
             if distill:
                 student_probs = class_probs(plain, text)
                 teacher_probs = class_probs(teacher, text)
-                dis_sum = parts.distill_loss(student_probs, teacher_probs, kind=cfg["distill_loss"]) * len(chunk)
+                dis_sum = self_distillation_loss(student_probs, teacher_probs, kind=cfg["distill_loss"]) * len(chunk)
             chunk_totals = ddp.all_sum(torch.stack([ma_sum.detach(), dis_sum.detach()]).double())
             _check_finite(chunk_totals, step, cfg["iterations"])
             totals += chunk_totals
@@ -673,8 +277,6 @@ def _train_step(parts: RunParts, samples: list[dict], step: int) -> dict[str, fl
 
 
 def class_probs(embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    from .clip import class_probabilities
-
     return class_probabilities(embeddings.float(), text)
 
 
@@ -687,7 +289,7 @@ def _check_finite(totals: torch.Tensor, step: int, iterations: int) -> None:
                 "check the proposals/labels of this batch, or turn off train.amp)")
 
 
-def _clip_and_step(parts: RunParts, cfg: dict, step: int) -> float:
+def _clip_and_step(parts: TrainingRun, cfg: dict, step: int) -> float:
     optimizer, scaler, params = parts.optimizer, parts.scaler, parts.params
     if scaler is not None:
         scaler.unscale_(optimizer)
@@ -709,10 +311,6 @@ def _clip_and_step(parts: RunParts, cfg: dict, step: int) -> float:
     return float(norm)
 
 
-# ----------------------------------------------------------------------------------------------------
-# The run
-
-
 def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = None, progress: bool = True,
              overwrite: bool = False) -> dict[str, Any]:
     """Mask-aware fine-tuning from an experiment config (see ``maft/configs/*.yaml``).
@@ -723,8 +321,6 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
     ``rank`` (also written to ``summary.json``) and, in memory only, ``params``: this process's trained
     parameters by name (CPU tensors).
     """
-    from tqdm.auto import tqdm
-
     saved = load_checkpoint(resume) if resume is not None else None
     if config is None:
         if saved is None:
@@ -737,7 +333,7 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
         saved_train = saved["config"].get("train") or {}
     cfg = config["train"]
     device = _resolve_device(cfg["device"])
-    ddp = _Distributed(device)
+    ddp = Distributed(device)
     try:
         parts = _build_parts(config, device, ddp)
         start = 0
@@ -751,7 +347,7 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             if start > cfg["iterations"]:
                 raise ValueError(f"--resume {resume}: checkpoint is at step {start}, beyond "
                                  f"train.iterations={cfg['iterations']}")
-            _set_rng_state(saved["rng"])
+            set_rng_state(saved["rng"])
         out_dir = None
         if ddp.main:
             same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
@@ -764,8 +360,6 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
         out_dir = Path(ddp.broadcast(str(out_dir) if out_dir else None))
         metrics = out_dir / "metrics.jsonl"
         if ddp.main:
-            import yaml
-
             (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             if saved is not None:
                 _append_jsonl(metrics, {"event": "resume", "step": start, "checkpoint": str(resume)})
@@ -790,8 +384,8 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                 _append_jsonl(metrics, {"step": step, **stats, "step_time_s": times[-1]})
             if ddp.main and (last or (cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0)):
                 name = "checkpoint.pt" if last else f"checkpoints/step_{step:06d}.pt"
-                checkpoint = _save_checkpoint(out_dir / name, parts.visual, parts.trained, config, step,
-                                              parts.optimizer, parts.scheduler, parts.scaler, out_dir)
+                checkpoint = save_checkpoint(out_dir / name, parts.visual, parts.trained, config, step,
+                                             parts.optimizer, parts.scheduler, parts.scaler, out_dir)
         bar.close()
         if checkpoint is None:  # resumed at the last step: nothing left to train
             checkpoint = out_dir / "checkpoint.pt"
@@ -809,54 +403,41 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
         ddp.close()
 
 
-def _build_parts(config: dict, device: torch.device, ddp: _Distributed) -> RunParts:
-    from .clip import preprocess_images
-    from .ipclip import IPCLIP
-
+def _build_parts(config: dict, device: torch.device, ddp: Distributed) -> TrainingRun:
     cfg = config["train"]
     seed_everything(int(config["seed"]))
-    model, _, tokenizer = build_clip(config, device=device)
+    # The training view (unseen pixels are ignore) and a text classifier of the seen classes only: the
+    # softmax of A^c runs over C_seen during training (paper Sec. 3).
+    experiment = build_experiment(config, device=device, split="train", text_classes="seen")
+    if not experiment.dataset.seen:
+        raise ValueError(f"dataset {experiment.dataset.name!r} has no seen classes to train on")
+    model = experiment.model
     model.requires_grad_(False)  # text tower and everything else frozen; the chosen units re-enabled below
-    dataset = build_dataset_split(config, "train_split", mode="train")
-    if not dataset.seen:
-        raise ValueError(f"dataset {dataset.name!r} has no seen classes to train on")
-    seen_names = [dataset.classes[i] for i in dataset.seen]
-    with torch.no_grad():
-        text = build_text_classifier(config, model, tokenizer, seen_names, device=device).float()
     visual = model.visual
     teacher = None
     if cfg["distill_weight"] > 0:
         teacher = copy.deepcopy(visual).eval().requires_grad_(False)  # the original tower, frozen
     trained = set_trainable(visual, cfg["trainable"])
-    ipclip = IPCLIP(visual, start_layer=config["model"].get("start_layer")).eval()
-    student: nn.Module = Student(ipclip)
+    student: nn.Module = Student(build_ipclip(config, visual))
     if ddp.active:
         student = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=False)  # Student's anchor keeps every trainable parameter used
-    params = [p for name, p in visual.named_parameters() if name in set(trained)]
+    chosen = set(trained)
+    params = [p for name, p in visual.named_parameters() if name in chosen]
     optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     iterations, power = cfg["iterations"], cfg["lr_power"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / iterations) ** power)
     amp_dtype = _amp_dtype(cfg["amp"], device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    size = _tower_input_size(visual, config["model"].get("image_size"))
-    mean, std = _normalisation(visual)
-    return RunParts(
-        config=config, device=device, dist=ddp, dataset=dataset, visual=visual, student=student,
-        teacher=teacher, text=text, trained=trained, params=params, generator=build_generator(config),
-        seen=list(dataset.seen), ignore_index=getattr(dataset, "ignore_index", 255),
-        preprocess=lambda images: preprocess_images(images, size, mean, std),
-        optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-        autocast=(lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext,
-        distill_loss=self_distillation_loss,
-        num_trainable=sum(p.numel() for p in params),
-        num_tower=sum(p.numel() for p in visual.parameters()),
-    )
+    return TrainingRun(
+        config=config, device=device, dist=ddp, dataset=experiment.dataset, visual=visual, student=student,
+        teacher=teacher, text=experiment.text.float(), trained=trained, generator=experiment.generator,
+        optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype)
 
 
-def _loader(parts: RunParts, config: dict, start: int, ddp: _Distributed) -> torch.utils.data.DataLoader:
+def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> torch.utils.data.DataLoader:
     cfg = config["train"]
     sampler = GlobalBatchSampler(len(parts.dataset), cfg["batch_size"], int(config["seed"]), start,
                                  cfg["iterations"], ddp.rank, ddp.world)
@@ -864,38 +445,5 @@ def _loader(parts: RunParts, config: dict, start: int, ddp: _Distributed) -> tor
     if cfg["num_workers"] and with_defaults(config)["proposals"]["kind"] in WithProposals.KINDS:
         dataset = WithProposals(dataset, parts.generator)
     return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=_collate_samples, num_workers=cfg["num_workers"],
-        worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(int(config["seed"])))
-
-
-# ----------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--config", help="experiment YAML: a path or a shipped name (maft/configs)")
-    parser.add_argument("--resume", help="continue from this checkpoint (its config is used when --config is omitted)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing run in the output folder instead of writing to a new one")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args) -> int:
-    from .config import apply_overrides, load_config, resolve_config_path
-
-    if args.config is None and args.resume is None:
-        raise SystemExit("maft train: give --config <yaml|name> (or --resume <checkpoint>)")
-    if args.config is not None:
-        config = load_config(args.config, args.overrides)
-        config.setdefault("name", resolve_config_path(args.config).stem)
-    else:
-        config = apply_overrides(load_checkpoint(args.resume)["config"], args.overrides)
-    summary = finetune(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
-    if summary["rank"] == 0:
-        final = summary["final"]
-        print(f"maft train: {summary['steps']} steps, loss {final.get('loss', float('nan')):.4f} "
-              f"(L_ma {final.get('loss_ma', float('nan')):.4f}, L_dis {final.get('loss_dis', float('nan')):.4f}); "
-              f"checkpoint {summary['checkpoint']}")
-    return 0
+        dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=cfg["num_workers"],
+        worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(int(config["seed"])))

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import seaborn as sns
 import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .ipclip import class_token_attention_mask
+from .masks import binarize_masks
 
 NO_CLASS = 255
 
@@ -26,8 +33,6 @@ def palette(num_classes: int) -> np.ndarray:
     The first 20 are matplotlib's tab20 (saturated ones first), the rest walk the hue circle by the
     golden ratio with alternating lightness, so neighbouring indices stay distinguishable.
     """
-    from matplotlib import colormaps
-
     tab20 = np.asarray(colormaps["tab20"].colors)
     base = np.concatenate([tab20[0::2], tab20[1::2]])
     colours = [tuple(c) for c in base[:num_classes]]
@@ -89,8 +94,6 @@ def legend_entries(label_map, classes: Sequence[str], colours: np.ndarray | None
 def overlay_figure(image, label_map, classes: Sequence[str], alpha: float = 0.55, title: str | None = None,
                    max_legend: int = 20) -> Figure:
     """A figure of the overlay with a legend of the classes present (name and pixel share)."""
-    from matplotlib.patches import Patch
-
     pixels = overlay(image, label_map, classes, alpha)
     height, width = pixels.shape[:2]
     fig = Figure(figsize=(4.0 * width / max(height, width) + 2.5, 4.0 * height / max(height, width) + 0.4))
@@ -189,8 +192,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
 
 def figure_to_array(fig: Figure, dpi: int = 80) -> np.ndarray:
     """Render a figure to uint8 [H, W, 3] (for tests and embedding)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     canvas = FigureCanvasAgg(fig)
     fig.set_dpi(dpi)
     canvas.draw()
@@ -217,10 +218,8 @@ def sample_grid(samples: Sequence[dict], classes: Sequence[str], columns: int = 
 def plot_attention_masks(image, masks, grid_size: tuple[int, int]) -> Figure:
     """Each proposal on the image, the same proposal on the patch grid, and the class-query rows of the
     attention mask (eq. 2: identity over the class tokens, then the flattened grid)."""
-    from .ipclip import class_token_attention_mask, resize_masks_to_grid
-
     masks = masks.float()
-    on_grid = resize_masks_to_grid(masks, grid_size)
+    on_grid = binarize_masks(masks, grid_size)
     attention = class_token_attention_mask(masks, grid_size)
     count = masks.shape[0]
     fig = Figure(figsize=(2.2 * count + 4.5, 4.6))
@@ -247,8 +246,6 @@ def plot_attention_masks(image, masks, grid_size: tuple[int, int]) -> Figure:
 
 def plot_benchmark(rows: Sequence[dict]) -> Figure:
     """GFLOPs against the number of proposals, per method and model, log scale."""
-    import seaborn as sns
-
     fig = Figure(figsize=(6.5, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     expanded = []
@@ -268,8 +265,6 @@ def plot_benchmark(rows: Sequence[dict]) -> Figure:
 
 def plot_training_curves(rows: Sequence[dict], keys: Sequence[str] = ("loss", "loss_ma", "loss_dis")) -> Figure:
     """Loss terms against the step, from the fine-tuning metrics (JSON lines)."""
-    import seaborn as sns
-
     present = [k for k in keys if any(k in r for r in rows)]
     fig = Figure(figsize=(6.5, 3.2))
     ax = fig.add_subplot(1, 1, 1)
@@ -284,8 +279,6 @@ def plot_training_curves(rows: Sequence[dict], keys: Sequence[str] = ("loss", "l
 
 def plot_score_vs_iou(points: Sequence[dict], hue: str = "classifier") -> Figure:
     """Scatter of a proposal's score for a region's class against its IoU with the region."""
-    import seaborn as sns
-
     groups = sorted({p[hue] for p in points})
     fig = Figure(figsize=(4.2 * len(groups), 3.6))
     for i, group in enumerate(groups):
@@ -305,8 +298,6 @@ def plot_score_vs_iou(points: Sequence[dict], hue: str = "classifier") -> Figure
 def plot_metric_bars(rows: Sequence[dict], metrics: Sequence[str] = ("miou_seen", "miou_unseen", "hiou"),
                      label: str = "classifier", errors: Sequence[dict] | None = None) -> Figure:
     """Grouped bars: one group per metric, one bar per row (optionally with +-std from ``errors``)."""
-    import seaborn as sns
-
     fig = Figure(figsize=(7.5, 3.6))
     ax = fig.add_subplot(1, 1, 1)
     long = [{"metric": m, label: r[label], "value": r[m]} for r in rows for m in metrics if r.get(m) is not None]

@@ -1,30 +1,36 @@
-"""maft.analysis (what the notebooks compute) and the explorer, on hand-made cases and the tiny CLIP."""
+"""maft.analysis and maft.study (what the notebooks compute) and the explorer, on hand-made cases and a tiny CLIP."""
 import pytest
 import torch
 
-from maft import analysis, experiment
+from maft import analysis, config, experiment, study
 from maft.explorer import ProposalExplorer
 
 
 def test_confused_regions_counts_poor_proposals_scoring_like_the_whole():
     points = [
         # region (image 0, class 3): a part with IoU 0.3 scores above the whole object -> confused
-        {"classifier": "a", "image": 0, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.6},
-        {"classifier": "a", "image": 0, "class": 3, "kind": "part", "iou": 0.3, "score": 0.7},
+        {"classifier": "a", "image": 0, "id": "i0", "class": 3, "proposal": 0, "kind": "whole", "iou": 1.0, "score": 0.6},
+        {"classifier": "a", "image": 0, "id": "i0", "class": 3, "proposal": 1, "kind": "part", "iou": 0.3, "score": 0.7},
         # region (image 1, class 3): the poor proposal scores lower -> not confused
-        {"classifier": "a", "image": 1, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.9},
-        {"classifier": "a", "image": 1, "class": 3, "kind": "background", "iou": 0.4, "score": 0.2},
-        # region without a poor proposal: not counted
-        {"classifier": "a", "image": 2, "class": 1, "kind": "whole", "iou": 1.0, "score": 0.5},
-        {"classifier": "a", "image": 2, "class": 1, "kind": "eroded", "iou": 0.8, "score": 0.9},
+        {"classifier": "a", "image": 1, "id": "i1", "class": 3, "proposal": 0, "kind": "whole", "iou": 1.0, "score": 0.9},
+        {"classifier": "a", "image": 1, "id": "i1", "class": 3, "proposal": 1, "kind": "background", "iou": 0.4,
+         "score": 0.2},
+        # region without a poor proposal: not counted (but its kinds are)
+        {"classifier": "a", "image": 2, "id": "i2", "class": 1, "proposal": 0, "kind": "whole", "iou": 1.0, "score": 0.5},
+        {"classifier": "a", "image": 2, "id": "i2", "class": 1, "proposal": 1, "kind": "eroded", "iou": 0.8, "score": 0.9},
         # a tie counts as confused ("at least as high")
-        {"classifier": "b", "image": 0, "class": 3, "kind": "whole", "iou": 1.0, "score": 0.5},
-        {"classifier": "b", "image": 0, "class": 3, "kind": "merged", "iou": 0.49, "score": 0.5},
+        {"classifier": "b", "image": 0, "id": "i0", "class": 3, "proposal": 0, "kind": "whole", "iou": 1.0, "score": 0.5},
+        {"classifier": "b", "image": 0, "id": "i0", "class": 3, "proposal": 1, "kind": "merged", "iou": 0.49,
+         "score": 0.5},
     ]
-    assert analysis.confused_regions(points) == {
-        "a": {"regions": 2, "confused": 1, "confusion_rate": 0.5},
-        "b": {"regions": 1, "confused": 1, "confusion_rate": 1.0},
-    }
+    found = study.confused_regions(points, class_names=["c0", "c1", "c2", "cat"])
+    assert {name: (v["regions"], v["confused"], v["confusion_rate"]) for name, v in found.items()} == {
+        "a": (2, 1, 0.5), "b": (1, 1, 1.0)}
+    # the largest margin first: image 0's part beats its whole object by 0.1, image 1's background loses by 0.7
+    assert [(e["id"], e["class"], e["kind"], e["margin"]) for e in found["a"]["examples"]] == [
+        ("i0", "cat", "part", 0.1), ("i1", "cat", "background", -0.7)]
+    assert found["a"]["by_kind"]["whole"] == {"score": pytest.approx(2.0 / 3), "iou": 1.0, "n": 3}
+    assert found["a"]["by_kind"]["eroded"] == {"score": 0.9, "iou": 0.8, "n": 1}
 
 
 def test_pick_proposals_takes_the_first_region_and_one_of_each_kind():
@@ -37,13 +43,13 @@ def test_pick_proposals_takes_the_first_region_and_one_of_each_kind():
 def test_mean_and_std_over_seeds_and_the_readable_table():
     per_seed = {"0": {"maft": {"miou_seen": 10.0, "miou_unseen": 4.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.5}},
                 "1": {"maft": {"miou_seen": 14.0, "miou_unseen": 6.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.7}}}
-    study = analysis.mean_and_std(per_seed)
-    assert study["mean"]["maft"]["miou_seen"] == pytest.approx(12.0)
-    assert study["std"]["maft"]["miou_seen"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 10, 14
-    assert "hiou" not in study["mean"]["maft"]
-    rows = analysis.mean_std_rows(study)
+    result = study.mean_and_std(per_seed)
+    assert result["mean"]["maft"]["miou_seen"] == pytest.approx(12.0)
+    assert result["std"]["maft"]["miou_seen"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 10, 14
+    assert "hiou" not in result["mean"]["maft"]
+    rows = study.mean_std_rows(result)
     assert rows[0]["miou"] == 8.0 and rows[0]["miou_std"] == 0.0
-    table = analysis.mean_std_table(rows, digits=1)
+    table = study.mean_std_table(rows, digits=1)
     assert table[0]["mask_awareness"] == "0.6 ± 0.1" and "hiou" not in table[0]
 
 
@@ -57,13 +63,13 @@ def test_find_checkpoint_names_the_folder_when_there_is_none(tmp_path):
 
 @pytest.fixture(scope="module")
 def world_parts():
-    config = experiment.load("world", ["model.pretrained=null", "proposals.settings.max_proposals=8",
-                                       "proposals.settings.kinds=[part,background,merged]"])
-    return analysis.build_parts(config)
+    world = config.load("world", ["model.pretrained=null", "proposals.settings.max_proposals=8",
+                                  "proposals.settings.kinds=[part,background,merged]"])
+    return experiment.build_experiment(world)
 
 
 def test_score_iou_points_match_a_direct_computation(world_parts):
-    points = analysis.score_iou_points(world_parts, {"frozen": world_parts.frozen}, max_images=1)
+    points = study.score_iou_points(world_parts, {"frozen": world_parts.frozen}, max_images=1)
     view = analysis.classify_sample(world_parts, world_parts.frozen, 0)
     assert len(points) == len(view.kinds)
     from maft.evaluate import region_ious

@@ -14,16 +14,8 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
-from maft.clip import (
-    class_probabilities,
-    hub_offline,
-    load_clip,
-    preprocess_images,
-    readable_name,
-    resize_pos_embed,
-    set_image_size,
-    text_classifier,
-)
+from maft.clip import hub_offline, load_clip, preprocess_images, resize_pos_embed, set_image_size
+from maft.text import class_probabilities, readable_name, text_classifier
 from maft.templates import TEMPLATES
 
 
@@ -397,9 +389,9 @@ def test_text_classifier_default_cache_lives_in_maft_cache(tiny_clip, isolated_m
     "names, templates, message",
     [
         ([], "vild", "class_names is empty"),
-        (["cat", "dog", "cat", "sky", "sky"], "vild", "duplicates: 'cat', 'sky'"),
+        (["cat", "dog", "Cat", "sky", "sky"], "vild", r"duplicate class names: \['Cat', 'cat', 'sky'\]"),
         ("cat", "vild", "single string"),
-        (["cat", ""], "vild", "class_names\\[1\\]"),
+        (["cat", ""], "vild", "empty or non-string names"),
         (["cat"], "nonsense", "unknown template set"),
         (["cat"], ["a photo of a cat."], "exactly one"),
         (["cat"], [], "templates is empty"),

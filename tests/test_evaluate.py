@@ -193,7 +193,7 @@ KEYS = {"miou", "miou_seen", "miou_unseen", "hiou", "per_class_iou", "pixel_acc"
 
 
 def test_end_to_end_on_voc_with_tiny_clip(tiny_clip):
-    from maft.clip import text_classifier
+    from maft.text import text_classifier
     from maft.datasets import build_dataset
     from maft.ipclip import IPCLIP
 
@@ -262,7 +262,13 @@ def test_cli_eval_writes_metrics(tmp_path, capsys):
     written = json.loads(out.read_text())
     assert KEYS <= set(written) and written["n_images"] == 2 and written["name"] == "voc20_tiny_cpu"
     assert "mIoU" in capsys.readouterr().out
-    with pytest.raises(FileExistsError):
+    # a user error is one line and exit code 2, as argparse reports bad arguments; --debug shows the traceback
+    with pytest.raises(SystemExit) as exit_info:
         main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("maft eval: error: ") and "exists" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(FileExistsError):
+        main(["--debug"] + args)
     with pytest.raises(SystemExit):
         main(args + ["--overwrite"])

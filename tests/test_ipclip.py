@@ -15,8 +15,8 @@ import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from maft.ipclip import (IPCLIP, ProposalEmbeddings, class_token_attention_mask, default_start_layer,
-                         resize_masks_to_grid)
+from maft.ipclip import IPCLIP, ProposalEmbeddings, class_token_attention_mask, default_start_layer
+from maft.masks import binarize_masks as resize_masks_to_grid
 
 DEPTH = 6
 TOL = dict(rtol=0, atol=1e-10)

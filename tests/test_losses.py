@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from maft.losses import (compare, iou_targets, mask_aware_loss, minmax_normalise, resize_to,
-                         self_distillation_loss, soft_iou)
+from maft.losses import compare, iou_targets, mask_aware_loss, minmax_normalise, self_distillation_loss, soft_iou
+from maft.masks import resize_masks
 
 
 def flat(values, shape=(2, 2)):
@@ -151,7 +151,7 @@ def test_gradient_flows_only_through_probabilities():
 
 def test_proposals_at_another_resolution_are_resized_to_the_label():
     big = MASKS.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # 4x4, block-constant
-    assert resize_to(big, (2, 2)).equal(MASKS)
+    assert resize_masks(big, (2, 2)).equal(MASKS)
     assert mask_aware_loss(PROBS, big, LABEL).item() == pytest.approx(0.5 * SQUARES / 6, abs=1e-6)
 
 

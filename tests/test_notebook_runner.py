@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from maft import notebooks
+from maft import series as notebooks
 
 
 def _write_notebook(path, cells):

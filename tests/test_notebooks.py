@@ -6,7 +6,7 @@ import json
 import nbformat
 import pytest
 
-from maft import notebooks
+from maft import series as notebooks
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from maft.inference import NO_PREDICTION, ensemble_scores
-from maft.predict import parse_class_names, predict, read_image
+from maft.predict import load_image as read_image, parse_class_names, predict
 from maft.viz import (
     figure_to_array,
     legend_entries,
@@ -141,8 +141,9 @@ def test_cli_predict_writes_overlay_legend_and_labels(voc_pair, tmp_path, capsys
     assert summary["classes"] == CLASSES and summary["legend"]
     assert "wrote" in capsys.readouterr().out
     before = out.stat().st_mtime_ns
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(SystemExit) as exit_info:
         main(args)
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
     assert out.stat().st_mtime_ns == before
     with pytest.raises(SystemExit):
         main(args + ["--overwrite"])

@@ -298,7 +298,11 @@ def test_cli_prepare_then_check(tmp_path, capsys):
     assert ["16", "sheep", "1", "yes"] in rows  # val: the sheep image
 
 
-def test_cli_check_reports_missing_dataset(tmp_path):
+def test_cli_check_reports_missing_dataset(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["data", "check", "pc59", "--root", str(tmp_path)])
+    assert exit_info.value.code == 2 and str(tmp_path / "pascal_context") in capsys.readouterr().err
+    monkeypatch.setenv("MAFT_DEBUG", "1")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "pascal_context")):
         cli_main(["data", "check", "pc59", "--root", str(tmp_path)])
     with pytest.raises(SystemExit):

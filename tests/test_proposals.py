@@ -12,8 +12,9 @@ from PIL import Image
 
 from maft.paths import dataset_dir
 from maft.proposals import (GT_KINDS, FileProposals, GTProposals, Mask2FormerProposals, Proposals,
-                            SAMProposals, _half_plane_part, build_proposal_generator, export_proposals,
-                            load_mask2former, load_proposals, load_sam, proposal_iou, save_proposals)
+                            SAMProposals, build_proposal_generator, export_proposals, load_mask2former,
+                            load_proposals, load_sam, proposal_iou, save_proposals)
+from maft.proposals.gt import _half_plane_part
 
 torch.set_num_threads(2)
 

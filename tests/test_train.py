@@ -9,8 +9,11 @@ import torch
 import maft.train as train_module
 from maft.config import load_config
 from maft.experiment import build_clip
-from maft.train import (GlobalBatchSampler, NonFiniteLossError, finetune, load_finetuned,
-                        set_trainable, trainable_parameter_names, training_config)
+from maft.checkpoints import load_finetuned
+from maft.config import training_config
+from maft.distributed import GlobalBatchSampler
+from maft.train import NonFiniteLossError, finetune
+from maft.trainable import set_trainable, trainable_parameter_names
 
 
 def tiny_config(out_dir, **train):
@@ -227,7 +230,7 @@ def test_load_finetuned_rejects_foreign_models(tmp_path, tiny_rn_clip, make_tiny
 
 
 def test_cli_train_with_overrides_and_resume(tmp_path, capsys):
-    from maft.train import add_arguments, run
+    from maft.cli.train import add_arguments, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

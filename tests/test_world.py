@@ -144,7 +144,7 @@ def test_world_clip_config_loads_through_load_clip():
 
 def test_a_few_pretraining_steps_reduce_the_contrastive_loss(tmp_path):
     from maft.clip import load_clip
-    from maft.world_clip import captioned_batch, contrastive_loss, pretrain_world_clip
+    from maft.world.pretrain import captioned_batch, contrastive_loss, pretrain_world_clip
 
     torch.manual_seed(0)
     log = pretrain_world_clip(out=tmp_path / "clip.pt", steps=12, batch_size=24, warmup=1, progress=False)
@@ -160,7 +160,7 @@ def test_a_few_pretraining_steps_reduce_the_contrastive_loss(tmp_path):
 
 
 def test_quick_story_writes_the_schema(tmp_path, monkeypatch):
-    from maft.world_clip import run_story
+    from maft.study import run_story
 
     monkeypatch.setenv("MAFT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "story.json"

@@ -7,11 +7,15 @@ naming the notebook and cell, and joins the notebooks' report sections into ``re
 """
 from __future__ import annotations
 
+import ast
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
+import papermill
 import yaml
+from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
 from .paths import REPO_ROOT, outputs_dir
@@ -48,10 +52,6 @@ def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_
 def declared_parameters(notebook: Path) -> set[str]:
     """Names assigned in the notebook's cell tagged ``parameters`` (read with ``ast``: papermill's own
     line parser gives up on values such as ``{"a": ["k=v"]}``)."""
-    import ast
-
-    import nbformat
-
     nb = nbformat.read(str(notebook), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
@@ -79,9 +79,6 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
                notebook_dir: str | Path = NOTEBOOK_DIR) -> list[NotebookRun]:
     """Execute the series for ``profile``; executed notebooks, figures, metrics and report.md go to
     ``outputs/<profile>/`` (or ``output_dir``)."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     parameters = load_profile(profile)
     out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
     out.mkdir(parents=True, exist_ok=True)
@@ -118,21 +115,3 @@ def _preamble(parameters: dict, runs: list[NotebookRun]) -> str:
              "Executed notebooks:", ""]
     lines += [f"- [{run.notebook}]({run.notebook}) ({run.seconds:.0f} s)" for run in runs]
     return "\n".join(lines)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--profile", default="demo", help="profile name in notebooks/profiles or a YAML path")
-    parser.add_argument("--only", nargs="+", metavar="NN", help="run only these notebooks (number or name)")
-    parser.add_argument("--output-dir", help="default: outputs/<profile>/")
-    parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebooks' own)")
-
-
-def run(args) -> int:
-    try:
-        runs = run_series(args.profile, only=args.only, output_dir=args.output_dir, kernel_name=args.kernel)
-    except NotebookFailed as error:
-        print(f"maft notebooks: {error}")
-        return 1
-    report = runs[0].output.parent / "report.md" if runs else None
-    print(f"ran {len(runs)} notebooks in {sum(r.seconds for r in runs):.0f} s; report: {report}")
-    return 0

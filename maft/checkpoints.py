@@ -1,0 +1,156 @@
+"""Fine-tuning checkpoints: what a run trained, the config it ran with, and all that resume needs.
+
+A checkpoint (``format: maft-finetune-v1``) holds only the trained parameters of the vision tower, by
+name, plus a fingerprint of the frozen weights they sit on, so loading onto another base model (other
+pretrained weights, a random tower of another seed) is caught instead of silently mixing weights. It also
+holds the config, the step, the optimizer / scheduler / grad-scaler state and every RNG state, so a
+resumed run continues bit-exactly on CPU.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import with_defaults
+from .paths import atomic_write
+from .trainable import vision_tower
+
+CHECKPOINT_FORMAT = "maft-finetune-v1"
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _fingerprint(visual: nn.Module, skip: set[str]) -> dict[str, list[float]]:
+    """Per parameter not in ``skip``: its L2 norm and its projection on a fixed pseudo-random direction.
+
+    Two different weight sets (other pretrained weights, a random tower with another seed) differ in
+    the projection by about their norm; the same weights stored in fp16/bf16 by well under 1 % of it.
+    """
+    out = {}
+    with torch.no_grad():
+        for name, parameter in visual.named_parameters():
+            if name not in skip:
+                values = parameter.detach().double().flatten()
+                index = torch.arange(values.numel(), dtype=torch.float64, device=values.device)
+                direction = torch.cos(index * 2.399963)  # golden angle: no short period
+                out[name] = [values.norm().item(), (values * direction).sum().item()]
+    return out
+
+
+def load_checkpoint(checkpoint: str | os.PathLike | dict) -> dict:
+    """A fine-tuning checkpoint as a dict (a dict is returned as is after a format check)."""
+    if isinstance(checkpoint, dict):
+        state = checkpoint
+        where = "checkpoint"
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
+            raise ValueError(f"checkpoint {str(path)!r} could not be read as a MAFT checkpoint: {error}") from None
+        where = str(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{where} is not a MAFT fine-tuning checkpoint (format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, config: dict | None = None,
+                   check_base: bool = True) -> nn.Module:
+    """Apply a fine-tuning checkpoint's trained parameters to ``model`` (CLIP model, IPCLIP or tower).
+
+    Clear ValueErrors when the checkpoint cannot belong to this model: ``config['model']`` (if given)
+    names another model or weights; a parameter is missing or has another shape; or (``check_base``)
+    the frozen base weights differ from those it was trained on (e.g. other pretrained weights, or a
+    random tower built with another seed: use :func:`maft.experiment.build_clip`). Returns ``model``.
+    """
+    state = load_checkpoint(checkpoint)
+    source = state["model"]
+    where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    if config is not None:
+        wanted = with_defaults(config)["model"]
+        for key in ("name", "pretrained"):
+            if wanted.get(key) != source.get(key):
+                raise ValueError(f"{where} was trained from model {key} {source.get(key)!r}, but the config "
+                                 f"asks for {wanted.get(key)!r}")
+    visual = vision_tower(model)
+    own = dict(visual.named_parameters())
+    problems = []
+    for name, value in state["params"].items():
+        if name not in own:
+            problems.append(f"{name} missing")
+        elif tuple(own[name].shape) != tuple(value.shape):
+            problems.append(f"{name} is {tuple(own[name].shape)}, checkpoint has {tuple(value.shape)}")
+    if problems:
+        raise ValueError(f"{where} (model {source.get('name')!r}, image_size {source.get('image_size')!r}) does "
+                         f"not fit this {type(visual).__name__}: " + "; ".join(problems[:5])
+                         + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    if check_base and state.get("base_fingerprint"):
+        _check_base(visual, state, where)
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            own[name].copy_(value)
+    return model
+
+
+def _check_base(visual: nn.Module, state: dict, where: str) -> None:
+    current = _fingerprint(visual, set(state["params"]))
+    for name, (norm, projection) in state["base_fingerprint"].items():
+        if name not in current:
+            raise ValueError(f"{where}: the model has no parameter {name} that the base model had")
+        now_norm, now_projection = current[name]
+        tolerance = 1e-2 * norm + 1e-6
+        if abs(now_norm - norm) > tolerance or abs(now_projection - projection) > tolerance:
+            raise ValueError(
+                f"{where}: the frozen base weights differ from those the checkpoint was trained on (first at "
+                f"{name}); it was trained from {state['model'].get('name')!r} with pretrained="
+                f"{state['model'].get('pretrained')!r} (random towers must be built with the same seed, "
+                "maft.experiment.build_clip)")
+
+
+def save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: dict, step: int,
+                    optimizer, scheduler, scaler, out_dir: Path) -> Path:
+    """Write what a run trained (only those parameters), its config and everything resume needs."""
+    own = dict(visual.named_parameters())
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "model": dict(config["model"]),
+        "config": config,
+        "step": step,
+        "trainable": list(config["train"]["trainable"]),
+        "params": {name: own[name].detach().float().cpu().clone() for name in trained},
+        # the frozen weights these parameters sit on, so loading onto another base is caught
+        "base_fingerprint": _fingerprint(visual, set(trained)),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "out_dir": str(out_dir),
+    }
+    return atomic_write(path, lambda partial: torch.save(state, partial))

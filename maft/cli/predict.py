@@ -1,0 +1,37 @@
+"""``maft predict``: segment one image into any class names; writes an overlay, legend, label PNG, JSON."""
+from __future__ import annotations
+
+import argparse
+
+from maft.config import load
+from maft.predict import load_image, output_paths, predict, write_outputs
+from maft.viz import legend_entries
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", help="image file (jpg/png/...)")
+    parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,grass"')
+    parser.add_argument("--config", default=None, help="experiment YAML or shipped config name (default: package defaults)")
+    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint")
+    parser.add_argument("--proposals", default="sam", help="sam | gt | mask2former | file:DIR (default sam)")
+    parser.add_argument("--label", default=None, help="label PNG of class indices (needed by --proposals gt)")
+    parser.add_argument("--out", required=True, help="overlay PNG; also writes <out>_legend.png, <out>_labels.png, <out>.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set model.image_size=224 (repeatable)")
+    parser.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    existing = [str(p) for p in output_paths(args.out).values() if p.exists()]  # before loading any model
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite or choose another --out")
+    config = load(args.config, args.overrides)
+    pixels, _ = load_image(args.image)
+    result = predict(args.image, args.classes, config=config, checkpoint=args.checkpoint,
+                     proposals=args.proposals, label=args.label, device=args.device)
+    paths = write_outputs(result, pixels, args.out, overwrite=args.overwrite)
+    for name, rgb, share in legend_entries(result.label_map, result.classes):
+        print(f"{name:>24s}  {100 * share:5.1f}%  rgb{rgb}")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -1,0 +1,85 @@
+"""The world's specification: ``maft/assets/world.yaml`` parsed and checked, and each scene's random stream."""
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..paths import ASSETS_DIR
+
+IGNORE_INDEX = 255
+WORLD_SPEC_PATH = ASSETS_DIR / "world.yaml"
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """The parsed ``world.yaml``: classes (things first, then stuff), split and drawing parameters."""
+
+    raw: dict = field(repr=False)
+    classes: tuple[str, ...]
+    thing_ids: tuple[int, ...]
+    stuff_ids: tuple[int, ...]
+    unseen: tuple[int, ...]
+    image_size: int
+    seed: int
+    fingerprint: str
+
+    @property
+    def seen(self) -> tuple[int, ...]:
+        return tuple(i for i in range(len(self.classes)) if i not in self.unseen)
+
+    def split_size(self, split: str) -> int:
+        sizes = self.raw["splits"]
+        if split not in sizes:
+            raise ValueError(f"unknown world split {split!r}; world.yaml defines {sorted(sizes)}")
+        return int(sizes[split])
+
+    def thing_parts(self, class_id: int) -> tuple[str, str]:
+        """(colour, pattern) of a thing class."""
+        colour, pattern = self.classes[class_id].split(" ")
+        return colour, pattern
+
+
+def load_world_spec(path: str | Path | None = None) -> WorldSpec:
+    """Read and check a world specification (default: the shipped ``maft/assets/world.yaml``)."""
+    return _load_world_spec(str(Path(path).resolve()) if path is not None else str(WORLD_SPEC_PATH))
+
+
+@lru_cache(maxsize=8)
+def _load_world_spec(path: str) -> WorldSpec:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"world specification {path} not found")
+    text = Path(path).read_text()
+    raw = yaml.safe_load(text)
+    for key in ("image_size", "seed", "splits", "things", "stuff", "unseen", "captions"):
+        if key not in raw:
+            raise ValueError(f"{path}: missing key {key!r}")
+    things = [f"{c} {p}" for c in raw["things"]["colours"] for p in raw["things"]["patterns"]]
+    stuff = list(raw["stuff"])
+    classes = tuple(things + stuff)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"{path}: class names must be unique, got {classes}")
+    unknown = [name for name in raw["unseen"] if name not in classes]
+    if unknown:
+        raise ValueError(f"{path}: unseen classes {unknown} are not world classes {list(classes)}")
+    return WorldSpec(
+        raw=raw,
+        classes=classes,
+        thing_ids=tuple(range(len(things))),
+        stuff_ids=tuple(range(len(things), len(classes))),
+        unseen=tuple(sorted(classes.index(name) for name in raw["unseen"])),
+        image_size=int(raw["image_size"]),
+        seed=int(raw["seed"]),
+        # of the parsed content, not the text: editing a comment must not invalidate cached checkpoints
+        fingerprint=f"{zlib.crc32(json.dumps(raw, sort_keys=True).encode()):08x}",
+    )
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of scene ``index`` of ``split``: depends on nothing else."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(split.encode()), int(index)]))
