@@ -1,0 +1,150 @@
+"""What a run's numbers mean, in a few sentences: the closing cell of each notebook and its report section.
+
+Each function takes the metrics a notebook wrote (``report.write_metrics``) and returns Markdown. The
+sentences are generated from the numbers, comparisons included ("higher", "lower", "within the seed
+spread"), so they stay true for any profile: the demo, the smoke run (whose random model means nothing,
+which the text then says as numbers) or the paper profiles.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _rho(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _compare(a, b, unit: str = "", digits: int = 1) -> str:
+    """"higher by 2.3" / "lower by 0.4" / "equal" for a against b."""
+    if a is None or b is None:
+        return "not comparable"
+    diff = a - b
+    if round(diff, digits) == 0:
+        return "equal"
+    return f"{'higher' if diff > 0 else 'lower'} by {abs(diff):.{digits}f}{unit}"
+
+
+def _row(rows: Sequence[dict], key: str, name: str) -> dict | None:
+    return next((r for r in rows if r.get(key) == name), None)
+
+
+def setup_and_data(metrics: dict) -> str:
+    counts = metrics["images_per_class"]
+    rarest = min(counts, key=counts.get)
+    unseen = metrics["unseen"]
+    return (f"**What this means.** `{metrics['dataset']}` has {metrics['classes']} classes: {metrics['seen']} are "
+            f"seen during fine-tuning and {len(unseen)} ({', '.join(unseen)}) only appear at evaluation, so every "
+            f"unseen-class pixel that is segmented correctly later is zero-shot. The evaluation split has "
+            f"{metrics['eval_images']} images; the rarest class, {rarest}, appears in {counts[rarest]} of them, "
+            "which bounds how precisely its IoU can be measured.")
+
+
+def insensitivity(metrics: dict) -> str:
+    parts = []
+    for row in metrics["classifiers"]:
+        rate = row.get("confused_rate")
+        parts.append(f"{row['classifier']} ranks proposals with rho = {_rho(row['mask_awareness'])}, and in "
+                     f"{'n/a' if rate is None else f'{100 * rate:.0f}%'} of {row['regions']} regions a proposal "
+                     "with IoU < 0.5 scores at least as high as the whole object")
+    return ("**What this means.** Mask-awareness rho is 1 when a classifier's score for a region's class "
+            "follows the proposals' IoU exactly and 0 when it ignores it. " + "; ".join(parts) + ". A classifier "
+            "that cannot tell a part or an object-plus-background from the object itself turns such proposals "
+            "into false positives: this is the insensitivity mask-aware fine-tuning targets.")
+
+
+def ip_clip_cost(equivalence: dict, ratios: Sequence[dict]) -> str:
+    diff = equivalence["max_abs_diff_batched_vs_one_by_one"]
+    text = [f"**What this means.** Classifying all proposals in one pass gives the same embeddings as one "
+            f"pass per proposal (max |difference| {diff:.1e}), because class queries never attend to each other."]
+    for r in ratios:
+        ip, crop = r.get("ip_clip/plain GFLOPs"), r.get("crop/ip_clip GFLOPs")
+        if ip is None or crop is None:
+            continue
+        text.append(f"With N = {r['n_proposals']} proposals on {r['model']} at {r['resolution']} px, IP-CLIP costs "
+                    f"{ip:.2f}x the plain tower, and crop-and-classify costs {crop:.1f}x IP-CLIP.")
+    return " ".join(text)
+
+
+def finetuning(metrics: dict, log: Sequence[dict]) -> str:
+    steps = [row for row in log if "step" in row and "loss_ma" in row]
+    final = metrics["final_losses"]
+    if not steps:
+        return "**What this means.** No step was logged."
+    first = steps[0]
+    return (f"**What this means.** Over {metrics['steps']} steps of {metrics['trainable_parameters']:,} trained "
+            f"parameters, the mask-aware loss went from {first['loss_ma']:.4f} to {final['loss_ma']:.4f} "
+            f"({_compare(final['loss_ma'], first['loss_ma'], digits=4)}): the scores of the seen classes move "
+            f"towards the proposals' normalised IoUs. The self-distillation loss went from {first['loss_dis']:.4f} "
+            f"to {final['loss_dis']:.4f}: it measures how far IP-CLIP's whole-image prediction drifts from frozen "
+            "CLIP's" + (" (0 at the first step, before any update, when the two towers are the same)"
+                        if first["loss_dis"] == 0 else "") + ".")
+
+
+def zero_shot(metrics: dict) -> str:
+    rows = metrics["clip_only"]
+    crop = _row(rows, "classifier", "frozen CLIP, mask & crop")
+    frozen = _row(rows, "classifier", "frozen IP-CLIP")
+    maft = _row(rows, "classifier", "MAFT IP-CLIP")
+    bound = _row(rows, "classifier", "upper bound (S_IoU)")
+    text = ["**What this means.**"]
+    if frozen and maft:
+        text.append(f"After mask-aware fine-tuning, IP-CLIP's hIoU is {_pct(maft['hiou'])} against {_pct(frozen['hiou'])} "
+                    f"frozen ({_compare(maft['hiou'], frozen['hiou'], ' points')}); on the unseen classes alone, "
+                    f"{_pct(maft['miou_unseen'])} against {_pct(frozen['miou_unseen'])} "
+                    f"({_compare(maft['miou_unseen'], frozen['miou_unseen'], ' points')}), although no unseen label "
+                    "was used in training.")
+    if crop and maft:
+        text.append(f"The frozen crop-and-classify pipeline MAFT replaces reaches hIoU {_pct(crop['hiou'])}; MAFT is "
+                    f"{_compare(maft['hiou'], crop['hiou'], ' points')}.")
+    if bound:
+        text.append(f"Scoring every proposal by its true IoU would give hIoU {_pct(bound['hiou'])}: the ceiling these "
+                    "proposals allow.")
+    return " ".join(text)
+
+
+def ablations(metrics: dict) -> str:
+    rows = {r["variant"]: r for r in metrics["summary"]}
+    seeds = list(metrics["seeds"])
+    base = rows.get("maft")
+    spread_note = "" if len(seeds) > 1 else " With one seed there is no spread to judge a difference by."
+    text = [f"**What this means.** Means over {len(seeds)} seed(s) {seeds}.{spread_note}"]
+    if base is None or base.get("hiou") is None:
+        return " ".join(text)
+    for name, row in rows.items():
+        if name == "maft" or row.get("hiou") is None:
+            continue
+        diff = row["hiou"] - base["hiou"]
+        spread = max(row.get("hiou_std") or 0.0, base.get("hiou_std") or 0.0)
+        if round(diff, 1) == 0:
+            verdict = "equal"
+        elif len(seeds) > 1 and abs(diff) <= spread:
+            verdict = "within the seed spread"
+        else:
+            verdict = "above MAFT" if diff > 0 else "below MAFT"
+        text.append(f"`{name}`: hIoU {_pct(row['hiou'])} vs {_pct(base['hiou'])} for MAFT "
+                    f"({diff:+.1f}, {verdict}; unseen {_pct(row['miou_unseen'])} vs {_pct(base['miou_unseen'])}).")
+    return " ".join(text)
+
+
+def visualizations(stats: dict) -> str:
+    gap_frozen = stats["frozen_whole"] - stats["frozen_poor"]
+    gap_maft = stats["maft_whole"] - stats["maft_poor"]
+    return (f"**What this means.** Over the {stats['proposals']} proposals drawn above, the true class is the "
+            f"top-1 class of {stats['frozen_top1']} of them with frozen CLIP and of {stats['maft_top1']} after "
+            f"MAFT. For the region's class, frozen CLIP gives the whole object {stats['frozen_whole']:.2f} and the "
+            f"poorer proposals (parts, background, merges) {stats['frozen_poor']:.2f} on average, a gap of "
+            f"{gap_frozen:+.2f}; MAFT gives {stats['maft_whole']:.2f} and {stats['maft_poor']:.2f}, a gap of "
+            f"{gap_maft:+.2f}. A mask-aware classifier makes this gap large: the whole object should win.")
+
+
+def sam_proposals(metrics: dict | None, message: str | None = None) -> str:
+    if metrics is None:
+        return f"**What this means.** Nothing was measured here: {message}"
+    rows = metrics["rows"]
+    lines = [f"{r['classifier']}: hIoU {_pct(r['hiou'])} (unseen {_pct(r['miou_unseen'])})" for r in rows]
+    return ("**What this means.** With Segment Anything's class-agnostic proposals, " + "; ".join(lines)
+            + ". SAM never saw the dataset's labels, so this tests the classifier on proposals of unknown quality.")
