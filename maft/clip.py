@@ -4,8 +4,9 @@ Everything here is a thin layer over open_clip: models come from ``open_clip.cre
 are read by open_clip's own checkpoint loader, tokenizers from ``open_clip.get_tokenizer`` and the
 positional-embedding resize is ``open_clip.model.resize_pos_embed``. What this module adds:
 
-- offline weight resolution: a pretrained tag must already be in the local cache (nothing is ever
-  downloaded here); when it is not, the error names the file and where to put it;
+- weight resolution: a pretrained tag is taken from the local cache, or downloaded through open_clip
+  and the Hugging Face hub; in offline mode (``MAFT_OFFLINE`` / ``HF_HUB_OFFLINE``) a missing file
+  fails at once, naming the file and where to put it;
 - ``set_image_size``: run a tower at a larger input than it was trained at (MAFT runs a 224-trained
   ViT-B/16 at 480x480, a 30x30 patch grid);
 - ``preprocess_images``, ``tower_input_size``, ``clip_normalisation``: what a tower expects as input.
@@ -31,6 +32,8 @@ from open_clip.model import resize_pos_embed as open_clip_resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
+from maft import authors
+from maft.download import download_clip_weights, offline_mode
 from maft.paths import PACKAGE_DIR
 
 __all__ = [
@@ -82,7 +85,7 @@ def _canonical_model_name(name: str) -> str:
     return canonical
 
 
-def _cached_tag_file(pretrained_cfg: dict, cache_dir: str | None) -> tuple[str | None, list[str]]:
+def cached_tag_file(pretrained_cfg: dict, cache_dir: str | None) -> tuple[str | None, list[str]]:
     """Where open_clip would have put the weights of a tag, if they are already there.
 
     Returns (path or None, places looked at). Mirrors ``open_clip.pretrained.download_pretrained``:
@@ -128,12 +131,38 @@ def hub_offline():
         hub_constants.HF_HUB_OFFLINE = previous
 
 
+def _missing_weights_message(name: str, pretrained: str, tag_cfg: dict, looked: list[str], why: str) -> str:
+    """Which file is missing, why it was not downloaded, and the two ways to provide it."""
+    sources = []
+    if tag_cfg.get("hf_hub"):
+        repo_id, filename = os.path.split(tag_cfg["hf_hub"])
+        sources.append(f"https://huggingface.co/{repo_id}/resolve/main/{filename or HF_WEIGHTS_NAME}")
+    if tag_cfg.get("url"):
+        sources.append(f"{tag_cfg['url']} (open_clip also finds this one at {looked[-1]})")
+    # OpenAI weights need QuickGELU, which open_clip only switches on for the tag itself.
+    quick_gelu = (
+        f" and name='{name}-quickgelu' (these weights were trained with QuickGELU)"
+        if tag_cfg.get("quick_gelu") and not name.endswith("-quickgelu")
+        else ""
+    )
+    return (
+        f"weights for CLIP {name} / {pretrained!r} are not in the local cache, and {why}. Looked for: "
+        f"{'; '.join(looked)}. To provide them, either run `maft download clip {name} {pretrained}` with "
+        f"network access and the offline switch unset (it fills the cache), or fetch "
+        f"{' or '.join(sources)} on a machine with network access, then pass "
+        f"pretrained='/path/to/that/file'{quick_gelu} (model.pretrained / model.name in the "
+        f"experiment config)."
+    )
+
+
 def resolve_pretrained(name: str, pretrained: str | os.PathLike | None, cache_dir: str | None = None):
     """Turn ``pretrained`` (None, an open_clip tag or a file path) into a local checkpoint file.
 
     Returns ``(checkpoint_path or None, pretrained_cfg)`` where ``pretrained_cfg`` is open_clip's
-    config of the tag (preprocessing, quick_gelu) or ``{}``. Never downloads: a tag whose weights are
-    not in the local cache raises FileNotFoundError at once, naming the file and how to provide it.
+    config of the tag (preprocessing, quick_gelu) or ``{}``. A tag whose weights are not in the local
+    cache is downloaded by open_clip (the Hugging Face hub's download, cache and progress bar). In
+    offline mode (``MAFT_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) it raises FileNotFoundError at once
+    instead, naming the file and how to provide it; a failed download raises the same error.
     """
     if pretrained is None:
         return None, {}
@@ -143,27 +172,16 @@ def resolve_pretrained(name: str, pretrained: str | os.PathLike | None, cache_di
         raise ValueError(f"pretrained must be None, an open_clip tag or a file path, got {pretrained!r}")
     tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if tag_cfg:
-        path, looked = _cached_tag_file(tag_cfg, cache_dir)
+        path, looked = cached_tag_file(tag_cfg, cache_dir)
+        if path is None and offline_mode():
+            raise FileNotFoundError(_missing_weights_message(
+                name, pretrained, tag_cfg, looked, "offline mode is on (MAFT_OFFLINE or HF_HUB_OFFLINE)"))
         if path is None:
-            sources = []
-            if tag_cfg.get("hf_hub"):
-                repo_id, filename = os.path.split(tag_cfg["hf_hub"])
-                sources.append(f"https://huggingface.co/{repo_id}/resolve/main/{filename or HF_WEIGHTS_NAME}")
-            if tag_cfg.get("url"):
-                sources.append(f"{tag_cfg['url']} (open_clip also finds this one at {looked[-1]})")
-            # OpenAI weights need QuickGELU, which open_clip only switches on for the tag itself.
-            quick_gelu = (
-                f" and name='{name}-quickgelu' (these weights were trained with QuickGELU)"
-                if tag_cfg.get("quick_gelu") and not name.endswith("-quickgelu")
-                else ""
-            )
-            raise FileNotFoundError(
-                f"weights for CLIP {name} / {pretrained!r} are not in the local cache, and maft never "
-                f"downloads. Looked for: {'; '.join(looked)}. To provide them, fetch "
-                f"{' or '.join(sources)} on a machine with network access, then pass "
-                f"pretrained='/path/to/that/file'{quick_gelu} (model.pretrained / model.name in the "
-                f"experiment config)."
-            )
+            try:
+                path = download_clip_weights(tag_cfg, cache_dir)
+            except Exception as error:  # the hub and urllib raise many types; the message says what happened
+                raise FileNotFoundError(_missing_weights_message(
+                    name, pretrained, tag_cfg, looked, f"downloading them failed: {error}")) from error
         return path, tag_cfg
     if os.path.isdir(pretrained):
         raise FileNotFoundError(
@@ -191,8 +209,11 @@ def load_clip(
     Args:
         name: an open_clip model name ("ViT-B-16", "ViT-B/16" is accepted too), one of maft's configs
             ("maft-test-vit", "maft-test-rn") or "local-dir:<folder>".
-        pretrained: None (random init), an open_clip tag ("openai") whose weights are already in
-            the local cache, or a checkpoint file. Nothing is downloaded.
+        pretrained: None (random init), an open_clip tag ("openai"), or a checkpoint file: open_clip's,
+            or the authors' released detectron2 ``MAFT_Vitb.pt`` / ``MAFT_Vitl.pt`` (text tower and
+            fine-tuned vision tower, see :mod:`maft.authors`). A tag whose weights are not cached is
+            downloaded through open_clip / the Hugging Face hub, unless offline mode is on
+            (MAFT_OFFLINE=1 or HF_HUB_OFFLINE=1): then it fails at once.
         device: where the model goes.
         image_size: run the vision tower at this input size (positional embedding resized with
             open_clip's own bicubic resize, see :func:`set_image_size`).
@@ -214,6 +235,11 @@ def load_clip(
         checkpoint, tag_cfg = None, {}
     else:
         checkpoint, tag_cfg = resolve_pretrained(name, pretrained, cache_dir)
+    # The authors' detectron2 checkpoints hold OpenAI towers under their own prefixes: build the model
+    # with OpenAI's QuickGELU, random weights, and let maft.authors fill both towers.
+    released = authors.read_checkpoint(checkpoint) if checkpoint is not None and not tag_cfg else None
+    if released is not None:
+        checkpoint, tag_cfg = None, {"quick_gelu": True}
     # A tag carries the preprocessing and activation its weights were trained with (OpenAI weights
     # need QuickGELU); open_clip applies these only when it resolves the tag itself, so pass them on.
     preprocess_overrides = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
@@ -236,6 +262,9 @@ def load_clip(
         "pretrained": None if pretrained is None else os.fspath(pretrained),
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
     }
+    if released is not None:
+        authors.load_into_clip(model, released)  # weights at the final grid, maft_source filled in
+        model.to(device).eval()
     return model, preprocess, tokenizer
 
 

@@ -1,6 +1,8 @@
 """Shared test fixtures: tiny random CLIP models and an isolated cache.
 
-Tests run offline: the Hugging Face libraries are told so before anything imports them, and maft's
+Tests run offline: the Hugging Face libraries are told so before anything imports them (which also
+turns maft's own downloads off unless a test says otherwise), any socket connection to an address
+other than loopback fails for the whole session (``refuse_remote_connections``), and maft's
 text-classifier cache points at a fresh temporary folder for the whole session (so tests never read
 or fill ``~/.cache/maft``).
 
@@ -13,7 +15,9 @@ or otherwise changes a model takes its own copy (``copy.deepcopy(model)``) or us
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -22,6 +26,47 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("MAFT_TEST_THREADS", "1")))
+
+
+class RemoteConnectionRefused(ConnectionRefusedError):
+    """Raised by the suite's guard when code under test tries to reach a non-loopback address."""
+
+
+def _is_loopback(address) -> bool:
+    if not isinstance(address, tuple):  # AF_UNIX paths and the like never leave the machine
+        return True
+    host = address[0]
+    if isinstance(host, bytes):
+        host = host.decode()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:  # a host name: connecting would resolve it on the network
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def refuse_remote_connections():
+    """Every socket connection to a non-loopback address fails, for the whole session.
+
+    Patched at ``socket.socket.connect``/``connect_ex``, which ``socket.create_connection``, urllib,
+    requests/urllib3 and the Hugging Face clients all go through; tests may still start a server on
+    127.0.0.1 and talk to it.
+    """
+    originals = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex")}
+
+    def guarded(name):
+        def method(self, address, *args, **kwargs):
+            if self.family in (socket.AF_INET, socket.AF_INET6) and not _is_loopback(address):
+                raise RemoteConnectionRefused(f"the test suite opens no network connection; refused {address!r}")
+            return originals[name](self, address, *args, **kwargs)
+        return method
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in originals:
+            patch.setattr(socket.socket, name, guarded(name))
+        yield RemoteConnectionRefused
 
 
 @pytest.fixture(scope="session", autouse=True)

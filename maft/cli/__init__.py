@@ -15,6 +15,7 @@ import sys
 
 COMMANDS = {
     "data": ("maft.cli.data", "prepare or check a dataset root"),
+    "download": ("maft.cli.download", "SAM checkpoints, CLIP weights and datasets from their official locations"),
     "bench": ("maft.cli.bench", "FLOPs and latency: plain tower, IP-CLIP, crop-and-classify"),
     "train": ("maft.cli.train", "mask-aware fine-tuning from a YAML config"),
     "eval": ("maft.cli.eval", "zero-shot segmentation evaluation from a YAML config"),
