@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import authors
 from .config import with_defaults
 from .paths import atomic_write
 from .trainable import vision_tower
@@ -89,7 +90,11 @@ def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, confi
     names another model or weights; a parameter is missing or has another shape; or (``check_base``)
     the frozen base weights differ from those it was trained on (e.g. other pretrained weights, or a
     random tower built with another seed: use :func:`maft.experiment.build_clip`). Returns ``model``.
+    The authors' released detectron2 checkpoints (``MAFT_Vitb.pt``) are accepted too (:mod:`maft.authors`).
     """
+    released = authors.read_checkpoint(checkpoint)
+    if released is not None:  # their tower names the architecture; shapes and the base CLIP are checked there
+        return authors.apply_finetuned(model, released, check_base=check_base)
     state = load_checkpoint(checkpoint)
     source = state["model"]
     where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
 from maft.paths import dataset_dir
+from maft.user_data import resolve_spec
 from maft.world import WorldDataset
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
@@ -104,11 +105,13 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
     """The ``split`` of benchmark ``name`` (one of :data:`DATASETS`) from the first data root holding it.
 
     ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files).
+    ``name`` may also be your own dataset: a folder with ``images/``, ``masks/`` and ``classes.yaml``, that
+    class file, or a class-spec YAML path (see :mod:`maft.user_data`).
     """
     if name == "world":
         return WorldDataset(split=split, mode=mode, max_images=max_images, root=root)
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(DATASETS + ('world',))}")
+        return SegDataset(resolve_spec(name), split, root=root, mode=mode, max_images=max_images)
     return SegDataset(name, split, root=root, mode=mode, max_images=max_images)
 
 
@@ -116,6 +119,11 @@ def locate_dataset(spec: ClassSpec, root: str | os.PathLike | None = None) -> tu
     """The dataset folder (root resolution of :func:`maft.paths.dataset_dir`) and its folder spec."""
     if not spec.folders:
         raise ValueError(f"class spec {spec.name!r} ({spec.source}) lists no folders to search")
+    fixed = Path(spec.folders[0].name)
+    if fixed.is_absolute():  # a user's dataset folder (maft.user_data): used as is, whatever the data roots
+        if not fixed.is_dir():
+            raise FileNotFoundError(f"dataset folder {fixed} (from {spec.source}) does not exist")
+        return fixed, spec.folders[0]
     folder = dataset_dir([f.name for f in spec.folders], root)
     return folder, spec.folder(folder.name)
 

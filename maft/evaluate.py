@@ -32,6 +32,7 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from .authors import config_for_checkpoint
 from .config import eval_settings, with_defaults
 from .experiment import build_experiment
 from .inference import NO_PREDICTION, Segmenter, semantic_map
@@ -302,7 +303,7 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     The metrics go to ``out`` (default ``eval.out``, default ``outputs/eval/<name>.json``); an existing
     file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
     """
-    config = copy.deepcopy(config)
+    config = config_for_checkpoint(copy.deepcopy(config), checkpoint)  # an authors' file brings its own CLIP
     settings = eval_settings(config)
     path = metrics_path(config, out)
     if path.exists() and not overwrite:  # fail before the (long) evaluation, not after

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .authors import config_for_checkpoint
 from .classes import check_class_names
 from .config import eval_settings, load
 from .datasets import read_image, read_label as read_label_file
@@ -143,7 +144,7 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     """
     names = parse_class_names(class_names)
     pixels, image_id = load_image(image)
-    config = load(config)
+    config = config_for_checkpoint(load(config), checkpoint)  # an authors' file brings its own CLIP
     settings = eval_settings(config)
     sample = {"image": pixels, "id": image_id}
     if label is not None:

@@ -38,8 +38,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, load_class_spec
-from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, classes_per_image,
-                           locate_dataset, read_label)
+from maft.datasets import DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label
+from maft.user_data import resolve_spec
 from maft.paths import data_roots
 
 ADE847_MAX_SIZE = 512
@@ -56,15 +56,20 @@ class Pair(NamedTuple):
 
 
 def check_report(name: str, root=None, split: str | None = None, mode: str = "eval") -> str:
-    """Text table of per-class image counts for each split of ``name`` under ``root``."""
-    spec = load_class_spec(name)
+    """Text table of per-class image counts for each split of ``name`` under ``root``.
+
+    Every mask is read and checked first; all problems (values outside the class list, size mismatch,
+    unreadable files) are raised together in one ValueError naming the files.
+    """
+    spec = resolve_spec(name)
     folder, folder_spec = locate_dataset(spec, root)
     splits = [split] if split else available_splits(folder, folder_spec)
     lines = [f"{spec.name}: {spec.title} at {folder} ({folder_spec.labels} labels, {spec.num_classes} classes, "
              f"{len(spec.unseen)} unseen)"]
     for name_of_split in splits:
         dataset = SegDataset(spec, name_of_split, root=root, mode=mode)
-        present = classes_per_image(dataset)
+        present, problems = scan_dataset(dataset)
+        raise_problems(problems, f"{spec.name} split {name_of_split} at {folder}")
         counts = class_image_counts(dataset, present=present)
         with_unseen = sum(bool(np.isin(ids, dataset.unseen).any()) for ids in present)
         absent = sum(1 for n in counts.values() if n == 0)
@@ -364,3 +369,36 @@ CONVERTERS: dict[str, Callable[[Path], Iterator[Pair]]] = {
     "pc59": pascal_context_pairs,
     "pc459": pascal_context_pairs,
 }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checking a whole split
+
+
+def scan_dataset(dataset, progress: bool = True) -> tuple[list[np.ndarray], list[str]]:
+    """One pass over the masks of a :class:`maft.datasets.SegDataset`: the class ids present in each
+    image (as :func:`maft.datasets.classes_per_image`) and every problem found, so a check can list
+    all bad files at once: unreadable masks, values outside the class list, image/mask size mismatch."""
+    present, problems = [], []
+    for item in tqdm(dataset.items, desc=f"checking {dataset.name}/{dataset.split}", disable=not progress,
+                     leave=False):
+        try:
+            raw = read_label(item.label_path)
+            ids = dataset.map_labels(np.unique(raw), str(item.label_path))
+            with Image.open(item.image_path) as image:  # the header only: no decoding
+                size = image.size
+            if size != (raw.shape[1], raw.shape[0]):
+                problems.append(f"{item.label_path}: mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but "
+                                f"{item.image_path} is {size[0]}x{size[1]}")
+        except (ValueError, OSError) as error:
+            problems.append(str(error))
+            ids = np.zeros(0, dtype=np.int64)
+        present.append(np.unique(ids[ids != dataset.ignore_index]))
+    return present, problems
+
+
+def raise_problems(problems: list[str], what: str, shown: int = 10) -> None:
+    """A ValueError listing the first ``shown`` problems (and how many more), if there are any."""
+    if problems:
+        more = f"\n... and {len(problems) - shown} more" if len(problems) > shown else ""
+        raise ValueError(f"{what}: {len(problems)} problem(s):\n" + "\n".join(problems[:shown]) + more)

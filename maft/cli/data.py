@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prepare_parser.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
 
     check = actions.add_parser("check", help="print per-class image counts of a prepared dataset")
-    check.add_argument("dataset", choices=DATASETS)
+    check.add_argument("dataset", help=f"one of {', '.join(DATASETS)}, or your own: a folder with images/, masks/ "
+                       "and classes.yaml, or a class-spec YAML (see maft.user_data)")
     check.add_argument("--root", help="data root (default: MAFT_DATA, then data/, then ../shared/data)")
     check.add_argument("--split", help="one split (default: every split found)")
     check.add_argument("--mode", choices=("eval", "train"), default="eval",

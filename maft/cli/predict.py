@@ -12,7 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (jpg/png/...)")
     parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,grass"')
     parser.add_argument("--config", default=None, help="experiment YAML or shipped config name (default: package defaults)")
-    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint")
+    parser.add_argument("--checkpoint", default=None,
+                        help="fine-tuned IP-CLIP checkpoint (maft train, or the authors' MAFT_Vitb.pt / MAFT_Vitl.pt)")
     parser.add_argument("--proposals", default="sam", help="sam | gt | mask2former | file:DIR (default sam)")
     parser.add_argument("--label", default=None, help="label PNG of class indices (needed by --proposals gt)")
     parser.add_argument("--out", required=True, help="overlay PNG; also writes <out>_legend.png, <out>_labels.png, <out>.json")
