@@ -146,8 +146,11 @@ class ProposalExplorer:
             control.observe(redraw, names="value")
         redraw()
         full = widgets.Layout(width="100%")
-        return widgets.VBox([widgets.HBox([image, proposal], layout=full),
-                             widgets.HBox([use_box, rows, cols], layout=full), output], layout=full)
+        output.add_class("maft-explorer-figure")  # stable handles for the browser test (and for CSS)
+        explorer = widgets.VBox([widgets.HBox([image, proposal], layout=full),
+                                 widgets.HBox([use_box, rows, cols], layout=full), output], layout=full)
+        explorer.add_class("maft-explorer")
+        return explorer
 
 
 def dominant_class(label, mask, num_classes: int):

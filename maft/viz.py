@@ -242,6 +242,11 @@ def plot_proposal_scores(image, mask, scores: dict, classes: Sequence[str], k: i
         ax.set_xlim(0, 1)
         ax.tick_params(axis="x", labelsize=7)
         ax.set_title(f"{name}: top-{len(ids)} classes", fontsize=9)
+        if true_class is not None and true_class not in ids:  # say where the true class went
+            values_all = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+            rank = int((values_all > values_all[true_class]).sum()) + 1
+            ax.set_xlabel(f"true class {class_label(classes[true_class], true_class, unseen)}: "
+                          f"{values_all[true_class]:.2f}, rank {rank}", fontsize=8, color="tab:green")
     fig.tight_layout()
     return fig
 

@@ -105,3 +105,12 @@ def test_the_explorer_figure_marks_the_true_class_green_and_unseen_names():
     assert colours == [to_rgba("tab:green"), to_rgba("tab:blue")]  # the true class (car) is green
     assert [t.get_text() for t in maft.get_yticklabels()] == ["sky", "road"]
     assert fig.get_size_inches()[0] > 10  # uses the width of a notebook
+
+
+def test_the_explorer_figure_says_where_a_true_class_outside_the_top_k_went():
+    image = torch.full((3, 10, 10), 90, dtype=torch.uint8)
+    mask = torch.ones(10, 10)
+    scores = {"frozen": torch.tensor([0.5, 0.3, 0.15, 0.05])}
+    fig = viz.plot_proposal_scores(image, mask, scores, CLASSES, k=2, true_class=2, unseen=UNSEEN)
+    assert fig.axes[1].get_xlabel() == "true class car (unseen): 0.15, rank 3"
+    assert viz.plot_proposal_scores(image, mask, scores, CLASSES, k=3, true_class=2).axes[1].get_xlabel() == ""
