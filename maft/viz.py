@@ -7,6 +7,7 @@ Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so
 from __future__ import annotations
 
 import colorsys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -284,7 +285,8 @@ def sample_grid(samples: Sequence[dict], classes: Sequence[str], columns: int = 
         ax = fig.add_subplot(grid[i // columns, i % columns])
         ax.imshow(overlay(sample["image"], sample["label"], classes, alpha=0.6))
         present = [classes[c] for c in torch.unique(sample["label"]).tolist() if 0 <= c < len(classes)]
-        ax.set_title(", ".join(present), fontsize=7, wrap=True)
+        # wrapped by hand: matplotlib's wrap=True lets a long title run off the top of the figure
+        ax.set_title(textwrap.fill(", ".join(present), 40), fontsize=7)
         ax.set_axis_off()
     legend_ax = fig.add_subplot(grid[rows, :])
     legend_ax.set_axis_off()
