@@ -15,7 +15,7 @@ from IPython.display import display
 from .clip import clip_normalisation
 from .experiment import Experiment
 from .inference import classify_proposals
-from .viz import plot_proposals_topk
+from .viz import class_label, plot_proposal_scores
 
 
 class ProposalExplorer:
@@ -51,44 +51,113 @@ class ProposalExplorer:
                                           self.experiment.image_size, mean, std))
         return out
 
+    def box_from_fractions(self, index: int, rows: Sequence[float], cols: Sequence[float]):
+        """Pixel ranges ((row0, row1), (col0, col1)), inclusive, of a box given as fractions of image
+        ``index``'s height and width (images differ in size, so the widget's box is relative)."""
+        sample, _ = self.proposals(index)
+        height, width = sample["image"].shape[-2:]
+
+        def span(fractions, size):
+            first = min(size - 1, max(0, int(round(fractions[0] * size))))
+            last = min(size - 1, max(first, int(round(fractions[1] * size)) - 1))
+            return first, last
+
+        return span(rows, height), span(cols, width)
+
+    def describe(self, index: int, proposal: int = 0, box: tuple | None = None):
+        """(title, true class id or None) of a selection. A GT-derived proposal's true class is the
+        class it was made from; a box's or any other proposal's is the ground-truth class covering
+        most of its pixels."""
+        sample, proposals = self.proposals(index)
+        classes, unseen = self.experiment.dataset.classes, self.experiment.dataset.unseen
+        height, width = sample["image"].shape[-2:]
+        if box is not None:
+            (row0, row1), (col0, col1) = box
+            where = f"image {index}, box rows {row0}-{row1} of {height}, cols {col0}-{col1} of {width}"
+            mask = self.box_mask(index, *box)[0]
+        else:
+            where = f"image {index}, proposal {proposal} of {len(proposals)}"
+            if proposals.kinds is not None:
+                where += f" ({proposals.kinds[proposal]})"
+            mask = proposals.masks[proposal]
+            if proposals.source_class is not None:
+                true = int(proposals.source_class[proposal])
+                return f"{where}\ntrue class: {class_label(classes[true], true, unseen)}", true
+        true, share = dominant_class(sample["label"], mask, len(classes))
+        if true is None:
+            return f"{where}\nno labelled pixels inside", None
+        return f"{where}\ntrue class (most pixels): {class_label(classes[true], true, unseen)}, {share:.0%}", true
+
     def figure(self, index: int = 0, proposal: int = 0, box: tuple | None = None):
         """Top-k of each classifier for proposal ``proposal`` of image ``index`` (or for ``box`` =
-        ((row0, row1), (col0, col1)))."""
+        ((row0, row1), (col0, col1)), inclusive pixel ranges)."""
         sample, proposals = self.proposals(index)
         if box is not None:
-            masks, title = self.box_mask(index, *box), "box"
+            masks = self.box_mask(index, *box)
         else:
             if not len(proposals):
                 raise ValueError(f"image {index} has no proposals; draw a box instead")
             proposal = min(max(0, proposal), len(proposals) - 1)
-            masks, title = proposals.masks[proposal:proposal + 1], f"proposal {proposal}"
+            masks = proposals.masks[proposal:proposal + 1]
+        title, true = self.describe(index, proposal, box)
         probs = self.scores(index, masks)
-        names = list(self.classifiers)
-        fig = plot_proposals_topk(sample["image"], masks, probs[0], probs[1] if len(probs) > 1 else None,
-                                  self.experiment.dataset.classes, k=self.k,
-                                  titles=(names[0], names[1] if len(names) > 1 else ""))
-        fig.axes[0].set_title(f"image {index}, {title}", fontsize=9)
-        return fig
+        return plot_proposal_scores(sample["image"], masks[0], {name: p[0] for name, p in zip(self.classifiers, probs)},
+                                    self.experiment.dataset.classes, k=self.k, true_class=true,
+                                    unseen=self.experiment.dataset.unseen, title=title)
 
     def widget(self):
-        """The interactive explorer (JupyterLab): image and proposal sliders, or a box from two ranges."""
-        sample, _ = self.proposals(0)
-        height, width = sample["image"].shape[-2:]
-        image = widgets.IntSlider(0, 0, self.num_images - 1, description="image")
-        proposal = widgets.IntSlider(0, 0, max(0, len(self.proposals(0)[1]) - 1), description="proposal")
-        use_box = widgets.Checkbox(False, description="draw a box instead")
-        rows = widgets.IntRangeSlider(value=(0, height // 2), min=0, max=height - 1, description="box rows")
-        cols = widgets.IntRangeSlider(value=(0, width // 2), min=0, max=width - 1, description="box cols")
-        output = widgets.Output()
+        """The interactive explorer (JupyterLab): image and proposal sliders, or a box whose bounds are
+        fractions of the image's height and width. Box mode disables the proposal slider."""
+        half = widgets.Layout(width="50%")
+        style = {"description_width": "initial"}
+        image = widgets.IntSlider(0, 0, self.num_images - 1, description="image", layout=half, style=style,
+                                  continuous_update=False)
+        proposal = widgets.IntSlider(0, 0, max(0, len(self.proposals(0)[1]) - 1), description="proposal",
+                                     layout=half, style=style, continuous_update=False)
+        use_box = widgets.Checkbox(False, description="draw a box instead", indent=False,
+                                   layout=widgets.Layout(width="16%"))
+        box = dict(min=0.0, max=1.0, step=0.05, readout_format=".0%", disabled=True, style=style,
+                   continuous_update=False, layout=widgets.Layout(width="42%"))
+        rows = widgets.FloatRangeSlider(value=(0.25, 0.75), description="box rows (of height)", **box)
+        cols = widgets.FloatRangeSlider(value=(0.25, 0.75), description="box cols (of width)", **box)
+        output = widgets.Output(layout=widgets.Layout(width="100%"))
+        busy = []  # set while redraw adjusts a control itself, so that change draws nothing twice
 
         def redraw(*_):
-            proposal.max = max(0, len(self.proposals(image.value)[1]) - 1)
-            box = (rows.value, cols.value) if use_box.value else None
-            with output:
-                output.clear_output(wait=True)
-                display(self.figure(image.value, proposal.value, box))
+            if busy:
+                return
+            busy.append(True)
+            try:
+                count = len(self.proposals(image.value)[1])
+                proposal.max = max(0, count - 1)
+                proposal.disabled = use_box.value or count == 0
+                rows.disabled = cols.disabled = not use_box.value
+                with output:
+                    output.clear_output(wait=True)
+                    if not use_box.value and count == 0:
+                        print(f"image {image.value} has no proposals: tick 'draw a box instead'")
+                        return
+                    selection = self.box_from_fractions(image.value, rows.value, cols.value) if use_box.value else None
+                    display(self.figure(image.value, proposal.value, selection))
+            finally:
+                busy.clear()
 
         for control in (image, proposal, use_box, rows, cols):
             control.observe(redraw, names="value")
         redraw()
-        return widgets.VBox([widgets.HBox([image, proposal]), widgets.HBox([use_box, rows, cols]), output])
+        full = widgets.Layout(width="100%")
+        output.add_class("maft-explorer-figure")  # stable handles for the browser test (and for CSS)
+        explorer = widgets.VBox([widgets.HBox([image, proposal], layout=full),
+                                 widgets.HBox([use_box, rows, cols], layout=full), output], layout=full)
+        explorer.add_class("maft-explorer")
+        return explorer
+
+
+def dominant_class(label, mask, num_classes: int):
+    """(class id, share of the mask's labelled pixels) of the class covering most of ``mask`` (> 0.5),
+    or (None, 0.0) when no labelled pixel is inside."""
+    inside = label[(mask > 0.5) & (label >= 0) & (label < num_classes)]
+    if not inside.numel():
+        return None, 0.0
+    counts = torch.bincount(inside.long(), minlength=num_classes)
+    return int(counts.argmax()), float(counts.max()) / inside.numel()

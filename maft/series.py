@@ -3,7 +3,9 @@
 A profile is a flat YAML file of notebook parameters in ``notebooks/profiles/<name>.yaml``; the same
 file works with plain papermill (``papermill -f notebooks/profiles/demo.yaml ...``). The runner adds
 ``output_dir`` (``outputs/<profile>/``), executes the notebooks in order, stops at the first failure
-naming the notebook and cell, and joins the notebooks' report sections into ``report.md``.
+naming the notebook and cell, and joins the notebooks' report sections into ``report.md``. Each executed
+notebook and the report are also written as single-file HTML with their figures embedded
+(``NN_name.html``, ``report.html``), for readers without Jupyter.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import yaml
 from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
+from .htmlexport import notebook_to_html, report_to_html
 from .paths import REPO_ROOT, outputs_dir
 from .report import build_report
 
@@ -34,6 +37,7 @@ class NotebookRun:
     notebook: str
     output: Path
     seconds: float
+    html: Path | None = None
 
 
 def list_notebooks(only: list[str] | None = None, notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
@@ -77,8 +81,8 @@ def load_profile(profile: str) -> dict:
 def run_series(profile: str = "demo", only: list[str] | None = None, output_dir: str | Path | None = None,
                kernel_name: str | None = None, progress: bool = True,
                notebook_dir: str | Path = NOTEBOOK_DIR) -> list[NotebookRun]:
-    """Execute the series for ``profile``; executed notebooks, figures, metrics and report.md go to
-    ``outputs/<profile>/`` (or ``output_dir``)."""
+    """Execute the series for ``profile``; executed notebooks (``.ipynb`` and ``.html``), figures,
+    metrics, report.md and report.html go to ``outputs/<profile>/`` (or ``output_dir``)."""
     parameters = load_profile(profile)
     out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
     out.mkdir(parents=True, exist_ok=True)
@@ -104,9 +108,11 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
                 f"{notebook.name} failed in cell In[{error.exec_count}] `{error.source.strip().splitlines()[0]}` "
                 f"({error.ename}: {error.evalue}); "
                 f"the executed notebook up to the failure is {executed}") from None
-        runs.append(NotebookRun(notebook.name, executed, time.perf_counter() - start))
-    build_report(out, f"MAFT notebook series: profile `{parameters['profile']}`",
-                 preamble=_preamble(parameters, runs))
+        seconds = time.perf_counter() - start  # the notebook's own run time, not its HTML export
+        runs.append(NotebookRun(notebook.name, executed, seconds, notebook_to_html(executed)))
+    report = build_report(out, f"MAFT notebook series: profile `{parameters['profile']}`",
+                          preamble=_preamble(parameters, runs))
+    report_to_html(report)
     return runs
 
 

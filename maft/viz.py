@@ -7,6 +7,7 @@ Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so
 from __future__ import annotations
 
 import colorsys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -21,7 +22,12 @@ from matplotlib.patches import Patch
 from .ipclip import class_token_attention_mask
 from .masks import binarize_masks
 
+from .display import enable_notebook_figures
+
 NO_CLASS = 255
+
+# Inside a notebook kernel, the figures built here display as PNG images (see maft.display).
+enable_notebook_figures()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,9 +97,44 @@ def legend_entries(label_map, classes: Sequence[str], colours: np.ndarray | None
     return sorted(entries, key=lambda entry: -entry[2])
 
 
+def class_label(name: str, class_id: int, unseen: Sequence[int] = ()) -> str:
+    """A class name as legends show it: unseen (zero-shot) classes carry " (unseen)"."""
+    return f"{name} (unseen)" if int(class_id) in set(int(u) for u in unseen) else name
+
+
+def class_legend(ax, class_ids: Sequence[int], classes: Sequence[str], unseen: Sequence[int] = (),
+                 colours: np.ndarray | None = None, labels: Sequence[str] | None = None, max_entries: int = 20,
+                 **kwargs):
+    """A legend of colour patches for ``class_ids`` on ``ax`` (unseen classes marked); a last entry
+    says how many were left out beyond ``max_entries``. Returns the legend, or None for no classes."""
+    colours = palette(len(classes)) if colours is None else np.asarray(colours, dtype=np.uint8)
+    ids = [int(i) for i in class_ids]
+    labels = list(labels) if labels is not None else [class_label(classes[i], i, unseen) for i in ids]
+    handles = [Patch(facecolor=colours[i] / 255, edgecolor="black", label=label)
+               for i, label in zip(ids[:max_entries], labels[:max_entries])]
+    if len(ids) > max_entries:
+        handles.append(Patch(facecolor="none", edgecolor="none", label=f"... {len(ids) - max_entries} more"))
+    if not handles:
+        return None
+    options = {"fontsize": 8, "frameon": False, "loc": "upper left", **kwargs}
+    return ax.legend(handles=handles, **options)
+
+
+def classes_shown(label_maps: Sequence, num_classes: int) -> list[int]:
+    """Class ids present in any of ``label_maps``, the first map's by pixel share first, then the
+    others' (so a legend lists the ground truth's classes before classes only a prediction shows)."""
+    order: list[int] = []
+    for label_map in label_maps:
+        labels = _label_array(label_map)
+        ids, counts = np.unique(labels[(labels >= 0) & (labels < num_classes)], return_counts=True)
+        order += [int(i) for i, _ in sorted(zip(ids, counts), key=lambda pair: -pair[1]) if int(i) not in order]
+    return order
+
+
 def overlay_figure(image, label_map, classes: Sequence[str], alpha: float = 0.55, title: str | None = None,
-                   max_legend: int = 20) -> Figure:
-    """A figure of the overlay with a legend of the classes present (name and pixel share)."""
+                   max_legend: int = 20, unseen: Sequence[int] = ()) -> Figure:
+    """A figure of the overlay with a legend of the classes present (name and pixel share; classes in
+    ``unseen`` marked)."""
     pixels = overlay(image, label_map, classes, alpha)
     height, width = pixels.shape[:2]
     fig = Figure(figsize=(4.0 * width / max(height, width) + 2.5, 4.0 * height / max(height, width) + 0.4))
@@ -102,11 +143,10 @@ def overlay_figure(image, label_map, classes: Sequence[str], alpha: float = 0.55
     ax.set_axis_off()
     if title:
         ax.set_title(title)
-    entries = legend_entries(label_map, classes)[:max_legend]
-    handles = [Patch(facecolor=np.asarray(rgb) / 255, edgecolor="black", label=f"{name} ({100 * share:.1f}%)")
-               for name, rgb, share in entries]
-    if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    entries = legend_entries(label_map, classes)
+    ids = [list(classes).index(name) for name, _, _ in entries]
+    labels = [f"{class_label(name, i, unseen)} ({100 * share:.1f}%)" for i, (name, _, share) in zip(ids, entries)]
+    class_legend(ax, ids, classes, unseen, labels=labels, max_entries=max_legend, bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 
@@ -183,6 +223,38 @@ def plot_proposals_topk(image, masks, probs_before, probs_after, classes: Sequen
     return fig
 
 
+def plot_proposal_scores(image, mask, scores: dict, classes: Sequence[str], k: int = 5,
+                         true_class: int | None = None, unseen: Sequence[int] = (), title: str = "") -> Figure:
+    """One proposal across the width: the proposal on the image, then one top-k bar chart per
+    classifier (``scores``: name -> probabilities [C]), the true class's bar green, unseen classes
+    marked. The explorer's figure."""
+    fig = Figure(figsize=(3.6 + 3.9 * len(scores), 3.4))
+    grid = fig.add_gridspec(1, 1 + len(scores), width_ratios=[1.0] + [1.15] * len(scores))
+    ax = fig.add_subplot(grid[0, 0])
+    ax.imshow(highlight_mask(image, mask))
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    for column, (name, probs) in enumerate(scores.items(), start=1):
+        ax = fig.add_subplot(grid[0, column])
+        ids, values = top_k(probs, k)
+        colours = ["tab:green" if true_class is not None and i == true_class else "tab:blue" for i in ids]
+        positions = list(range(len(ids)))[::-1]
+        ax.barh(positions, values, color=colours)
+        ax.set_yticks(positions, [class_label(classes[i], i, unseen) for i in ids], fontsize=8)
+        for y, value in zip(positions, values):
+            ax.text(min(value, 0.8) + 0.02, y, f"{value:.2f}", va="center", fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(f"{name}: top-{len(ids)} classes", fontsize=9)
+        if true_class is not None and true_class not in ids:  # say where the true class went
+            values_all = probs.detach().float().cpu().numpy() if isinstance(probs, torch.Tensor) else np.asarray(probs)
+            rank = int((values_all > values_all[true_class]).sum()) + 1
+            ax.set_xlabel(f"true class {class_label(classes[true_class], true_class, unseen)}: "
+                          f"{values_all[true_class]:.2f}, rank {rank}", fontsize=8, color="tab:green")
+    fig.tight_layout()
+    return fig
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -201,16 +273,25 @@ def figure_to_array(fig: Figure, dpi: int = 80) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Figures of the notebook series
 # --------------------------------------------------------------------------------------------------
-def sample_grid(samples: Sequence[dict], classes: Sequence[str], columns: int = 4) -> Figure:
-    """Dataset samples as image / overlay pairs, with the class names present as titles."""
+def sample_grid(samples: Sequence[dict], classes: Sequence[str], columns: int = 4,
+                unseen: Sequence[int] = ()) -> Figure:
+    """Dataset samples as ground-truth overlays, with the class names present as titles and one
+    legend of the colours (unseen classes marked) under the grid."""
     rows = -(-len(samples) // columns)
-    fig = Figure(figsize=(2.4 * columns, 2.6 * rows))
+    shown = classes_shown([sample["label"] for sample in samples], len(classes))
+    legend_rows = -(-min(len(shown), 25) // 5) if shown else 0  # five entries per legend row
+    fig = Figure(figsize=(2.4 * columns, 2.6 * rows + 0.25 * legend_rows))
+    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[2.6] * rows + [0.25 * legend_rows + 0.01])
     for i, sample in enumerate(samples):
-        ax = fig.add_subplot(rows, columns, i + 1)
+        ax = fig.add_subplot(grid[i // columns, i % columns])
         ax.imshow(overlay(sample["image"], sample["label"], classes, alpha=0.6))
         present = [classes[c] for c in torch.unique(sample["label"]).tolist() if 0 <= c < len(classes)]
-        ax.set_title(", ".join(present), fontsize=7, wrap=True)
+        # wrapped by hand: matplotlib's wrap=True lets a long title run off the top of the figure
+        ax.set_title(textwrap.fill(", ".join(present), 40), fontsize=7)
         ax.set_axis_off()
+    legend_ax = fig.add_subplot(grid[rows, :])
+    legend_ax.set_axis_off()
+    class_legend(legend_ax, sorted(shown), classes, unseen, max_entries=25, ncol=5, loc="upper center")
     fig.tight_layout()
     return fig
 
@@ -317,18 +398,28 @@ def plot_metric_bars(rows: Sequence[dict], metrics: Sequence[str] = ("miou_seen"
     return fig
 
 
-def plot_segmentations(samples: Sequence[dict], maps: dict, classes: Sequence[str]) -> Figure:
-    """Rows of: image, ground truth, then each method's label map (``maps``: name -> list of [H, W])."""
+def plot_segmentations(samples: Sequence[dict], maps: dict, classes: Sequence[str],
+                       unseen: Sequence[int] = (), max_legend: int = 12) -> Figure:
+    """Rows of: image, ground truth, then each method's label map (``maps``: name -> list of [H, W]),
+    and at the end of each row a legend of the classes that row shows (unseen classes marked)."""
     names = list(maps)
-    fig = Figure(figsize=(2.4 * (2 + len(names)), 2.5 * len(samples)))
+    columns = 3 + len(names)  # image, ground truth, one per method, the legend
+    fig = Figure(figsize=(2.4 * (2 + len(names)) + 1.9, 2.5 * len(samples)))
+    grid = fig.add_gridspec(len(samples), columns, width_ratios=[1.0] * (columns - 1) + [0.8])
     for row, sample in enumerate(samples):
-        panels = [("image", as_hwc_uint8(sample["image"])), ("ground truth", overlay(sample["image"], sample["label"], classes))]
-        panels += [(name, overlay(sample["image"], maps[name][row], classes)) for name in names]
+        label_maps = [sample["label"]] + [maps[name][row] for name in names]
+        panels = [("image", as_hwc_uint8(sample["image"]))]
+        panels += [(title, overlay(sample["image"], labels, classes))
+                   for title, labels in zip(["ground truth"] + names, label_maps)]
         for column, (title, pixels) in enumerate(panels):
-            ax = fig.add_subplot(len(samples), len(panels), row * len(panels) + column + 1)
+            ax = fig.add_subplot(grid[row, column])
             ax.imshow(pixels)
             ax.set_axis_off()
             if row == 0:
                 ax.set_title(title, fontsize=9)
+        legend_ax = fig.add_subplot(grid[row, columns - 1])
+        legend_ax.set_axis_off()
+        class_legend(legend_ax, classes_shown(label_maps, len(classes)), classes, unseen,
+                     max_entries=max_legend, loc="center left", borderaxespad=0.0)
     fig.tight_layout()
     return fig

@@ -103,3 +103,14 @@ def tiny_rn_clip():
 def make_tiny_clip():
     """Factory for fresh, private tiny models: ``make_tiny_clip("maft-test-vit", seed=0, image_size=64)``."""
     return _seeded_clip
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """``(output_dir, runs)`` of the whole notebook series on the smoke profile, run once per session
+    (70-120 s): the notebook tests and the browser test of the explorer share it. Treat as read-only."""
+    from maft import series as notebooks
+
+    out = tmp_path_factory.mktemp("smoke")
+    runs = notebooks.run_series("smoke", output_dir=out, progress=False)
+    return out, runs

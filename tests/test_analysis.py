@@ -99,3 +99,37 @@ def test_explorer_draws_a_proposal_and_a_box(world_parts):
     assert explorer.box_mask(0, (0, 15), (0, 31)).sum() == 16 * 32
     widget = explorer.widget()
     assert len(widget.children) == 3
+
+
+def test_explorer_titles_name_the_kind_and_true_class_and_boxes_are_relative(world_parts):
+    explorer = ProposalExplorer(world_parts, {"frozen": world_parts.frozen}, k=3)
+    sample, proposals = explorer.proposals(0)
+    classes, unseen = world_parts.dataset.classes, world_parts.dataset.unseen
+    for n in range(len(proposals)):
+        title, true = explorer.describe(0, n)
+        source = int(proposals.source_class[n])
+        assert true == source and f"({proposals.kinds[n]})" in title
+        assert title.endswith(classes[source] + (" (unseen)" if source in unseen else ""))
+    height, width = sample["image"].shape[-2:]
+    assert explorer.box_from_fractions(0, (0.25, 0.75), (0.0, 1.0)) == (
+        (round(0.25 * height), round(0.75 * height) - 1), (0, width - 1))
+    assert explorer.box_from_fractions(0, (0.5, 0.5), (1.0, 1.0)) == ((height // 2,) * 2, (width - 1,) * 2)
+    title, true = explorer.describe(0, box=((0, height - 1), (0, width - 1)))
+    assert f"of {height}" in title and f"of {width}" in title
+    assert true == int(torch.bincount(sample["label"][sample["label"] < len(classes)].flatten()).argmax())
+    assert classes[true] in explorer.figure(0, box=((0, height - 1), (0, width - 1))).axes[0].get_title()
+
+
+def test_explorer_box_mode_disables_the_proposal_slider(world_parts):
+    explorer = ProposalExplorer(world_parts, {"frozen": world_parts.frozen}, k=3)
+    controls, box_controls, _ = explorer.widget().children
+    image, proposal = controls.children
+    use_box, rows, cols = box_controls.children
+    assert not proposal.disabled and rows.disabled and cols.disabled
+    use_box.value = True
+    assert proposal.disabled and not rows.disabled and not cols.disabled
+    assert rows.min == 0 and rows.max == 1  # shares of the image, whatever its size
+    use_box.value = False
+    assert not proposal.disabled and rows.disabled
+    image.value = 1
+    assert proposal.max == len(explorer.proposals(1)[1]) - 1

@@ -11,13 +11,6 @@ from maft import series as notebooks
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    runs = notebooks.run_series("smoke", output_dir=out, progress=False)
-    return out, runs
-
-
 def test_every_notebook_runs_with_the_smoke_profile(smoke_run):
     out, runs = smoke_run
     assert [r.notebook for r in runs] == [p.name for p in notebooks.list_notebooks()]

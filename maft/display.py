@@ -1,0 +1,50 @@
+"""Showing maft's figures wherever a notebook reader looks: live JupyterLab, papermill-executed
+notebooks and their HTML exports.
+
+``maft.viz`` builds ``matplotlib.figure.Figure`` objects without pyplot, so IPython's inline backend
+never activates and a figure displays as its text repr (``<Figure size 1100x420 with 2 Axes>``).
+Importing ``maft.viz`` inside an IPython shell therefore calls :func:`enable_notebook_figures`, which
+registers a PNG representation for ``Figure`` with the shell's display formatter. The PNG lands in the
+cell's output (as ``image/png``), so executed notebooks and nbconvert's HTML carry the picture too.
+"""
+from __future__ import annotations
+
+import io
+
+from IPython import get_ipython
+from matplotlib.figure import Figure
+
+# The formats IPython's inline backend can register for a Figure; if any is set, the user (or the
+# inline backend, once pyplot is imported) has chosen, and we leave that choice alone.
+_FIGURE_MIMETYPES = ("image/png", "image/svg+xml", "image/jpeg", "application/pdf")
+
+
+def figure_png(fig, dpi: float | None = None) -> bytes:
+    """The figure as PNG bytes, cropped to its content as the inline backend does."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi or fig.dpi, bbox_inches="tight",
+                facecolor="white", edgecolor="white")
+    return buffer.getvalue()
+
+
+def enable_notebook_figures(shell=None) -> bool:
+    """Register :func:`figure_png` as the PNG display of ``matplotlib.figure.Figure`` in ``shell``
+    (default: the running IPython shell). Returns True when figures display as images afterwards,
+    False outside IPython. Idempotent; a format already registered for Figure is kept."""
+    shell = shell if shell is not None else get_ipython()
+    if shell is None or getattr(shell, "display_formatter", None) is None:
+        return False
+    formatters = shell.display_formatter.formatters
+    for mimetype in _FIGURE_MIMETYPES:
+        formatter = formatters.get(mimetype)
+        if formatter is None:
+            continue
+        try:
+            formatter.lookup_by_type(Figure)
+            return True  # already shown as an image (ours, the inline backend's or the user's)
+        except KeyError:
+            pass
+    if "image/png" not in formatters:
+        return False
+    formatters["image/png"].for_type(Figure, figure_png)
+    return True
