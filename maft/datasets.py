@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
 from maft.paths import dataset_dir
+from maft.progress import progress_bar
 from maft.world import WorldDataset
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
@@ -191,8 +191,9 @@ def available_splits(folder: Path, folder_spec: FolderSpec) -> list[str]:
 def classes_per_image(dataset: SegDataset, progress: bool = True) -> list[np.ndarray]:
     """For each item, the sorted contiguous class ids present in its label (this dataset's view)."""
     present = []
-    for index in tqdm(range(len(dataset)), desc=f"reading {dataset.name}/{getattr(dataset, 'split', '')} labels",
-                      disable=not progress, leave=False):
+    for index in progress_bar(range(len(dataset)),
+                              desc=f"reading {dataset.name}/{getattr(dataset, 'split', '')} labels",
+                              disable=not progress, leave=False):
         if isinstance(dataset, SegDataset):
             item = dataset.items[index]
             # Mapping the distinct raw values is enough (and validates them); no need to map every pixel.

@@ -30,7 +30,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from .config import eval_settings, with_defaults
 from .experiment import build_experiment
@@ -39,6 +38,7 @@ from .losses import soft_iou
 from .masks import resize_masks
 from .metrics import ConfusionMatrix, segmentation_metrics
 from .paths import atomic_write, resolve_output_path
+from .progress import progress_bar
 
 
 
@@ -194,7 +194,7 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     bound = new_confusion(num_classes, ignore_index)
     correlations, skipped = [], 0
     num_proposals = evaluated_pixels = uncovered_pixels = 0
-    for index in tqdm(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(), disable=not progress):
+    for index in progress_bar(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(), disable=not progress):
         sample = dataset[index]
         label = sample["label"]
         where = f"label of image {sample.get('id', index)!r} ({sample.get('label_path', 'no path')})"

@@ -35,12 +35,12 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 import scipy.io
 from PIL import Image
-from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, load_class_spec
 from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, classes_per_image,
                            locate_dataset, read_label)
 from maft.paths import data_roots
+from maft.progress import progress_bar
 
 ADE847_MAX_SIZE = 512
 
@@ -127,7 +127,7 @@ def prepare_dataset(name: str, src, dst, splits: Iterable[str] | None = None, ma
         shutil.rmtree(partial)
     resize_to = max_size if name == "ade847" else 0
     try:
-        for pair in tqdm(selected, desc=f"preparing {name}", disable=not progress):
+        for pair in progress_bar(selected, desc=f"preparing {name}", disable=not progress):
             _write_pair(pair, partial, spec, resize_to)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never leave a half-written dataset behind

@@ -16,9 +16,9 @@ import nbformat
 import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
-from tqdm.auto import tqdm
 
 from .paths import REPO_ROOT, outputs_dir
+from .progress import progress_bar
 from .report import build_report
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -91,7 +91,8 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     if unused and not only:
         raise ValueError(f"profile {profile!r} sets {unused}, which no notebook declares in its parameters "
                          f"cell (a typo?)")
-    for notebook in tqdm(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb", disable=not progress):
+    for notebook in progress_bar(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb",
+                                 disable=not progress):
         executed = out / notebook.name
         start = time.perf_counter()
         try:

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
 from .clip import clip_normalisation, preprocess_images, tower_input_size
@@ -53,6 +52,7 @@ from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collat
 from .experiment import build_experiment, build_ipclip
 from .losses import iou_targets, mask_aware_loss_from_targets, self_distillation_loss
 from .paths import resolve_output_path
+from .progress import progress_bar
 from .text import class_probabilities
 from .trainable import set_trainable
 
@@ -368,8 +368,8 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                   f"run dir {out_dir}")
 
         loader = _loader(parts, config, start, ddp)
-        bar = tqdm(total=cfg["iterations"], initial=start, disable=not (progress and ddp.main),
-                   desc=f"maft train {config['name']}", dynamic_ncols=True)
+        bar = progress_bar(total=cfg["iterations"], initial=start, disable=not (progress and ddp.main),
+                           desc=f"maft train {config['name']}", dynamic_ncols=True)
         stats, times, checkpoint = {}, [], None
         step = start
         for samples in loader:
@@ -378,7 +378,8 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             step += 1
             times.append(time.perf_counter() - began)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", ma=f"{stats['loss_ma']:.4f}", dis=f"{stats['loss_dis']:.4f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", ma=f"{stats['loss_ma']:.4f}", dis=f"{stats['loss_dis']:.4f}",
+                            refresh=False)  # a forced redraw per step would flood a log (maft.progress)
             last = step == cfg["iterations"]
             if ddp.main and (last or step == 1 or (cfg["log_every"] and step % cfg["log_every"] == 0)):
                 _append_jsonl(metrics, {"step": step, **stats, "step_time_s": times[-1]})
