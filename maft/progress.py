@@ -23,8 +23,19 @@ from tqdm.auto import tqdm as auto_tqdm
 ENV_VAR = "MAFT_PROGRESS"
 MODES = ("auto", "bar", "log", "off")
 LOG_INTERVAL = 30.0  # seconds between redraws when the bar goes to a log: ~120 lines per hour of work
-# tqdm.auto picks the notebook widget only inside a Jupyter kernel (with ipywidgets installed).
-IN_NOTEBOOK = auto_tqdm is not std.tqdm
+
+
+def in_notebook() -> bool:
+    """Whether ``tqdm.auto`` chose the notebook widget (only inside a Jupyter kernel with ipywidgets).
+
+    Its class is never ``std.tqdm`` itself (it mixes in asyncio support), so ask whether it derives from
+    the widget bar.
+    """
+    notebook = sys.modules.get("tqdm.notebook")
+    return notebook is not None and issubclass(auto_tqdm, notebook.tqdm)
+
+
+IN_NOTEBOOK = in_notebook()
 
 
 def progress_mode(stream=None) -> str:

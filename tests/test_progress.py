@@ -42,6 +42,10 @@ def run_loop(stream, monkeypatch, steps: int = 600, postfix: bool = False) -> io
     return stream
 
 
+def test_outside_a_kernel_there_is_no_notebook_bar():
+    assert progress.in_notebook() is False  # pytest is no Jupyter kernel: a log must get the sparse bar
+
+
 @pytest.fixture(autouse=True)
 def auto_mode(monkeypatch):
     monkeypatch.delenv(progress.ENV_VAR, raising=False)
