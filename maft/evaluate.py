@@ -37,7 +37,7 @@ from .inference import NO_PREDICTION, Segmenter, semantic_map
 from .losses import soft_iou
 from .masks import resize_masks
 from .metrics import ConfusionMatrix, segmentation_metrics
-from .paths import atomic_write, resolve_output_path
+from .paths import atomic_write, check_output_path, resolve_output_path
 from .progress import progress_bar
 
 
@@ -305,7 +305,9 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     config = copy.deepcopy(config)
     settings = eval_settings(config)
     path = metrics_path(config, out)
-    if path.exists() and not overwrite:  # fail before the (long) evaluation, not after
+    # fail before the (long) evaluation, not after
+    check_output_path(path, "--out" if out is not None else "eval.out")
+    if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
     full = with_defaults(config)
     torch.manual_seed(int(full["seed"]))

@@ -35,6 +35,7 @@ from .datasets import read_image, read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
 from .inference import NO_PREDICTION, Segmenter
+from .paths import check_output_path
 from .viz import legend_entries, overlay, overlay_figure, save_figure
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
@@ -186,11 +187,20 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "summary": Path(f"{stem}.json")}
 
 
-def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+def check_outputs(out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """:func:`output_paths` after checking they can be written (:func:`maft.paths.check_output_path`)
+    and, without ``overwrite``, that none exists; meant to run before any model is loaded."""
     paths = output_paths(out)
+    for path in paths.values():
+        check_output_path(path, "--out")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
+    return paths
+
+
+def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    paths = check_outputs(out, overwrite)
     paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.overlay).save(paths["overlay"])
     labels = result.label_map.numpy()

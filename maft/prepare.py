@@ -39,7 +39,7 @@ from PIL import Image
 from maft.classes import ClassSpec, load_class_spec
 from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, classes_per_image,
                            locate_dataset, read_label)
-from maft.paths import data_roots
+from maft.paths import check_output_path, data_roots
 from maft.progress import progress_bar
 
 ADE847_MAX_SIZE = 512
@@ -141,6 +141,7 @@ def prepare_dataset(name: str, src, dst, splits: Iterable[str] | None = None, ma
 def _check_destination(folder: Path, src: Path, overwrite: bool) -> None:
     if folder == src or src in folder.parents or folder in src.parents:
         raise ValueError(f"--dst must lie outside --src: writing {folder} would touch the source {src}")
+    check_output_path(folder, "--dst", directory=True)  # before reading the whole source
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder} already exists and is not empty; pass --overwrite to replace it")
 

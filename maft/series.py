@@ -17,7 +17,7 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from .paths import REPO_ROOT, outputs_dir
+from .paths import REPO_ROOT, check_output_path, outputs_dir
 from .progress import progress_bar
 from .report import build_report
 
@@ -80,7 +80,8 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     """Execute the series for ``profile``; executed notebooks, figures, metrics and report.md go to
     ``outputs/<profile>/`` (or ``output_dir``)."""
     parameters = load_profile(profile)
-    out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
+    out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"], create=False)
+    check_output_path(out, "--output-dir" if output_dir else "the profile's output folder", directory=True)
     out.mkdir(parents=True, exist_ok=True)
     parameters["output_dir"] = str(out.resolve())
     parameters["interactive"] = False  # headless: widget cells draw their static fallback

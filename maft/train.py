@@ -51,7 +51,7 @@ from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collat
                           seed_worker)
 from .experiment import build_experiment, build_ipclip
 from .losses import iou_targets, mask_aware_loss_from_targets, self_distillation_loss
-from .paths import resolve_output_path
+from .paths import check_output_path, resolve_output_path
 from .progress import progress_bar
 from .text import class_probabilities
 from .trainable import set_trainable
@@ -335,6 +335,11 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
     device = _resolve_device(cfg["device"])
     ddp = Distributed(device)
     try:
+        same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
+        continued = Path(saved["out_dir"]) if same_place and saved.get("out_dir") else None
+        if ddp.main:  # the run folder must be writable before the model is built and trained, not after
+            check_output_path(continued or resolve_run_dir(cfg["out_dir"], config["name"]), "train.out_dir",
+                              directory=True)
         parts = _build_parts(config, device, ddp)
         start = 0
         if saved is not None:
@@ -350,10 +355,9 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             set_rng_state(saved["rng"])
         out_dir = None
         if ddp.main:
-            same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
-            if same_place and saved.get("out_dir"):
+            if continued is not None:
                 # resuming continues the checkpoint's own run folder unless another out_dir is asked for
-                out_dir = Path(saved["out_dir"])
+                out_dir = continued
                 out_dir.mkdir(parents=True, exist_ok=True)
             else:
                 out_dir = _run_dir(config, overwrite)

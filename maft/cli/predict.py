@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from maft.config import load
-from maft.predict import load_image, output_paths, predict, write_outputs
+from maft.predict import check_outputs, load_image, predict, write_outputs
 from maft.viz import legend_entries
 
 
@@ -23,9 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    existing = [str(p) for p in output_paths(args.out).values() if p.exists()]  # before loading any model
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite or choose another --out")
+    check_outputs(args.out, args.overwrite)  # before loading any model
     config = load(args.config, args.overrides)
     pixels, _ = load_image(args.image)
     result = predict(args.image, args.classes, config=config, checkpoint=args.checkpoint,

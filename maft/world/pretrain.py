@@ -117,6 +117,8 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     """
     settings = _settings(**settings)
     out = Path(out) if out is not None else default_checkpoint_path(**settings)
+    paths.check_output_path(out, "world CLIP checkpoint (--out)")  # before the pretraining, not after
+    paths.check_output_path(f"{out}.json", "world CLIP log (--out + .json)")
     torch.manual_seed(settings["seed"])
     model, _, tokenizer = load_clip(MODEL_NAME)
     model.train()
