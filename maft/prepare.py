@@ -38,7 +38,7 @@ from PIL import Image
 
 from maft.classes import ClassSpec, load_class_spec
 from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, classes_per_image,
-                           locate_dataset, read_label)
+                           locate_dataset, read_label, rgb_array)
 from maft.paths import check_output_path, data_roots
 from maft.progress import progress_bar
 
@@ -162,7 +162,7 @@ def _write_pair(pair: Pair, out: Path, spec: ClassSpec, resize_to: int) -> None:
         if new_size is None and image.format == "JPEG":
             shutil.copyfile(pair.image, image_out)  # byte copy: no re-encoding loss
         else:
-            image = image.convert("RGB")
+            image = Image.fromarray(rgb_array(image, pair.image))  # 16-bit gray by its range, as read_image
             if new_size is not None:
                 image = image.resize(new_size, Image.BILINEAR)
             image.save(image_out, quality=95)

@@ -78,6 +78,18 @@ def fake_voc(src: Path) -> Path:
     return voc
 
 
+def test_a_16bit_grayscale_source_image_is_scaled_not_saturated(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    voc = fake_voc(src)
+    gray = np.tile(np.linspace(0, 65535, 8).astype(np.uint16), (8, 1))  # a ramp from black to white
+    Image.fromarray(gray).save(voc / "JPEGImages" / "2007_000002.jpg", format="PNG")  # 16-bit, misnamed
+    folder = prepare_dataset("voc20", src, dst, splits=["val"], progress=False)
+    with Image.open(folder / "images" / "val" / "2007_000002.jpg") as image:
+        written = np.array(image.convert("L"), dtype=np.int64)
+    expected = np.rint(gray / 257.0)
+    assert np.abs(written - expected).max() <= 3  # JPEG re-encoding, not 255 for every value above 255
+
+
 def test_voc_conversion_pixel_by_pixel(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     voc = fake_voc(src)
