@@ -220,6 +220,27 @@ def available_splits(folder: Path, folder_spec: FolderSpec) -> list[str]:
     return splits or ([folder_spec.flat_split] if folder_spec.flat_split else [])
 
 
+def size_mismatches(dataset: SegDataset, progress: bool = True) -> list[str]:
+    """One line per item whose image and mask sizes differ (the pairs ``dataset[i]`` rejects).
+
+    Only the file headers are read, so checking a whole split costs little next to reading its labels.
+    """
+    problems = []
+    for item in progress_bar(dataset.items, desc=f"checking {dataset.name}/{dataset.split} sizes",
+                             disable=not progress, leave=False):
+        sizes = []
+        for path in (item.image_path, item.label_path):
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ValueError(f"cannot read {path}: corrupt or not an image ({error})") from error
+        if sizes[0] != sizes[1]:
+            problems.append(f"{item.image_path} is {sizes[0][0]}x{sizes[0][1]} (WxH) but {item.label_path} is "
+                            f"{sizes[1][0]}x{sizes[1][1]}")
+    return problems
+
+
 def classes_per_image(dataset: SegDataset, progress: bool = True) -> list[np.ndarray]:
     """For each item, the sorted contiguous class ids present in its label (this dataset's view)."""
     present = []

@@ -38,7 +38,7 @@ from PIL import Image
 
 from maft.classes import ClassSpec, load_class_spec
 from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, classes_per_image,
-                           locate_dataset, read_label, rgb_array)
+                           locate_dataset, read_label, rgb_array, size_mismatches)
 from maft.paths import check_output_path, data_roots
 from maft.progress import progress_bar
 
@@ -56,10 +56,21 @@ class Pair(NamedTuple):
 
 
 def check_report(name: str, root=None, split: str | None = None, mode: str = "eval") -> str:
-    """Text table of per-class image counts for each split of ``name`` under ``root``."""
+    """Text table of per-class image counts for each split of ``name`` under ``root``.
+
+    ValueError, naming the files, when an image and its mask differ in size (``maft eval`` and
+    training would reject the pair) or a label holds values outside the class spec.
+    """
     spec = load_class_spec(name)
     folder, folder_spec = locate_dataset(spec, root)
     splits = [split] if split else available_splits(folder, folder_spec)
+    for name_of_split in splits:  # headers only: quick, and before the labels are read
+        dataset = SegDataset(spec, name_of_split, root=root, mode=mode)
+        mismatched = size_mismatches(dataset)
+        if mismatched:
+            shown = "; ".join(mismatched[:3]) + (f"; and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
+            raise ValueError(f"{spec.name} split {name_of_split}: {len(mismatched)} of {len(dataset)} image/mask "
+                             f"pairs differ in size: {shown}")
     lines = [f"{spec.name}: {spec.title} at {folder} ({folder_spec.labels} labels, {spec.num_classes} classes, "
              f"{len(spec.unseen)} unseen)"]
     for name_of_split in splits:

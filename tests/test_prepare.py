@@ -310,6 +310,25 @@ def test_cli_prepare_then_check(tmp_path, capsys):
     assert ["16", "sheep", "1", "yes"] in rows  # val: the sheep image
 
 
+def test_cli_check_rejects_an_image_and_mask_of_different_sizes(tmp_path, capsys):
+    root = tmp_path / "data"
+    for id_, (height, width) in (("a", (8, 8)), ("b", (8, 6))):
+        save_jpg(root / "voc2012" / "images" / "val" / f"{id_}.jpg", seed=1)
+        save_png(root / "voc2012" / "masks" / "val" / f"{id_}.png", np.zeros((height, width), dtype=np.int64))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["data", "check", "voc20", "--root", str(root)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.split("\r")[-1]  # after the progress bar's last redraw
+    assert err.startswith("maft data: error: voc20 split val: 1 of 2 image/mask pairs differ in size: ")
+    assert f"{root}/voc2012/images/val/b.jpg is 8x8 (WxH) but {root}/voc2012/masks/val/b.png is 6x8" in err
+    with pytest.raises(ValueError, match="sizes differ"):  # the pair maft eval rejects
+        build_dataset("voc20", "val", root=root)[1]
+    save_png(root / "voc2012" / "masks" / "val" / "b.png", np.zeros((8, 8), dtype=np.int64))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["data", "check", "voc20", "--root", str(root)])
+    assert stop.value.code == 0 and "split val (eval view): 2 images" in capsys.readouterr().out
+
+
 def test_cli_check_reports_missing_dataset(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["data", "check", "pc59", "--root", str(tmp_path)])
