@@ -60,6 +60,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "stride": None,
     "max_images": None,
     "out": None,                # None = outputs/eval/<name>.json
+    # A checkpoint is evaluated at the IP-CLIP start layer it was trained with; true allows another
+    # model.start_layer on purpose (an ablation of L at test time), otherwise that is an error.
+    "allow_other_start_layer": False,
 }
 CLASSIFIERS = ("ipclip", "frozen")
 
@@ -209,4 +212,7 @@ def eval_settings(config: dict) -> dict:
     settings = {**EVAL_DEFAULTS, **given}
     if settings["classifier"] not in CLASSIFIERS:
         raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
+    if not isinstance(settings["allow_other_start_layer"], bool):
+        raise ValueError(f"config eval.allow_other_start_layer must be true or false, "
+                         f"got {settings['allow_other_start_layer']!r}")
     return settings

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoints import load_checkpoint
 from .classes import check_class_names
 from .config import eval_settings, load
 from .datasets import read_image, read_label as read_label_file
@@ -107,6 +108,19 @@ def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     return tensor
 
 
+def predict_config(config=None, checkpoint=None, overrides=()) -> dict:
+    """The config :func:`predict` runs: ``config`` (dict, YAML path or shipped name) with ``overrides``.
+
+    Without a config but with a checkpoint, the checkpoint's own ``seed`` (which rebuilds a random base
+    tower), ``model`` (name, weights, image size, start layer) and ``text`` templates, so the
+    fine-tuned weights run on the model they were trained with; without either, the package defaults.
+    """
+    if config is None and checkpoint is not None:
+        saved = load_checkpoint(checkpoint, mmap=True)["config"]  # the config only: no tensor is read
+        config = {key: copy.deepcopy(saved[key]) for key in ("seed", "model", "text") if key in saved}
+    return load(config, overrides)
+
+
 def build_predict_generator(config: dict, proposals) -> Callable:
     """A generator from ``proposals``: a kind ("sam", "gt", "mask2former", "file:DIR"; settings from the
     config when its kind matches) or a ready callable."""
@@ -132,7 +146,9 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
         image: a file path, an HxWx3 uint8 array, or a uint8 tensor ([3,H,W] or [H,W,3]).
         class_names: list of names or one comma-separated string; any vocabulary.
         config: experiment config (dict, YAML path or shipped name); model, image size, text templates,
-            ensemble and proposal settings come from it. None = package defaults (ViT-B/16 OpenAI).
+            ensemble and proposal settings come from it. None = the checkpoint's model, image size,
+            start layer and templates when a checkpoint is given (:func:`predict_config`), else the
+            package defaults (ViT-B/16 OpenAI at 480).
         model: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse (else built from config).
         checkpoint: a fine-tuned IP-CLIP checkpoint (``maft train``); None = IP-CLIP with CLIP's weights
             (or frozen CLIP when ``eval.classifier`` is ``frozen``).
@@ -144,7 +160,7 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     """
     names = parse_class_names(class_names)
     pixels, image_id = load_image(image)
-    config = load(config)
+    config = predict_config(config, checkpoint if isinstance(checkpoint, (str, Path, dict)) else None)
     settings = eval_settings(config)
     sample = {"image": pixels, "id": image_id}
     if label is not None:
