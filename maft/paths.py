@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -119,6 +121,19 @@ def check_output_path(path: str | os.PathLike, argument: str, directory: bool = 
     if target.is_file() and not os.access(target, os.W_OK):
         raise PermissionError(f"{argument} {path}: the existing file cannot be replaced (not writable)")
     return path
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The parsed YAML file (configs, profiles, class specs); a syntax error is a ValueError naming the
+    file and its line, so the CLI reports it as one line instead of PyYAML's traceback."""
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

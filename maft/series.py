@@ -17,7 +17,7 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from .paths import REPO_ROOT, check_output_path, outputs_dir
+from .paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
 from .progress import progress_bar
 from .report import build_report
 
@@ -67,7 +67,7 @@ def load_profile(profile: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"profile {profile!r} not found at {path} (profiles: {known})")
-    parameters = yaml.safe_load(path.read_text()) or {}
+    parameters = read_yaml(path) or {}
     if not isinstance(parameters, dict):
         raise ValueError(f"{path}: a profile must be a flat YAML mapping of notebook parameters")
     parameters.setdefault("profile", path.stem)

@@ -61,8 +61,12 @@ RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "ch
                      ("train", "num_workers"), ("train", "device"), ("name",), ("eval",)}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the step and the term."""
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A loss term became NaN or infinite; the message names the step and the term.
+
+    Also a ValueError: the cause is a setting or input the user can change (learning rate, AMP, bad
+    proposals), so ``maft train`` reports it as one line like any other bad value.
+    """
 
 
 def _config_differences(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
