@@ -1,4 +1,7 @@
-"""Where things live: the repository, dataset roots and the outputs folder.
+"""Where things live: the repository, dataset roots and the outputs folder; writing and reading there.
+
+:func:`check_output_path` is the one check every entry point runs on its output paths before the long
+work; :func:`read_yaml` reads configs, profiles and specs with errors that name the file and line.
 
 Dataset roots are resolved in a fixed order (see :func:`dataset_dir`): an explicit argument, the
 ``MAFT_DATA`` environment variable, the repository's ``data/`` folder, then ``../shared/data`` beside
