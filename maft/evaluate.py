@@ -194,7 +194,8 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     bound = new_confusion(num_classes, ignore_index)
     correlations, skipped = [], 0
     num_proposals = evaluated_pixels = uncovered_pixels = 0
-    for index in progress_bar(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(), disable=not progress):
+    for index in progress_bar(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(),
+                              disable=not progress):
         sample = dataset[index]
         label = sample["label"]
         where = f"label of image {sample.get('id', index)!r} ({sample.get('label_path', 'no path')})"
