@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maft.clip import set_image_size, tower_input_size
-from maft.ipclip import ProposalEmbeddings, check_masks
+from maft.ipclip import ProposalEmbeddings, check_images, check_masks
 from maft.masks import MASK_THRESHOLD, binarize_masks
 
 MERGE_MODES = ("mask", "crop", "mask_and_crop")
@@ -133,6 +133,7 @@ class FrozenCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """The tower's own forward on whole images (already at ``input_size``), [B, D]."""
+        check_images(images)
         out = self.visual(images)
         return out[0] if isinstance(out, tuple) else out
 
@@ -158,12 +159,7 @@ class FrozenCLIP(nn.Module):
         return ProposalEmbeddings(embeddings, empty)
 
     def _prepare(self, images, masks):
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a tensor [B, 3, H, W] (normalised), got {shape}")
-        if not images.is_floating_point() or not torch.isfinite(images).all():
-            raise ValueError("images must be finite floating-point normalised values "
-                             "(maft.clip.preprocess_images turns uint8 images into those)")
+        check_images(images)
         check_masks(masks, images.shape[0], self.max_proposals)
         size = tuple(images.shape[2:])
         binaries = [binarize_masks(m.to(images.device), size, self.mask_threshold) for m in masks]

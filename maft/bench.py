@@ -39,11 +39,11 @@ import open_clip
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-from tqdm.auto import tqdm
 
 from maft.baseline import FrozenCLIP
 from maft.clip import tower_input_size
 from maft.experiment import build_clip, build_ipclip
+from maft.progress import progress_bar
 from maft.report import markdown_table
 
 DEFAULT_MODELS = ("ViT-B-16:480", "maft-test-vit")
@@ -229,7 +229,7 @@ def benchmark(model_name: str, resolution: int | None = None, n_proposals: Seque
 
     environment = _environment(device)
     rows = []
-    for method, n, fn, input_size in tqdm(cases, desc=f"bench {model_name}@{resolution}", unit="case"):
+    for method, n, fn, input_size in progress_bar(cases, desc=f"bench {model_name}@{resolution}", unit="case"):
         with torch.no_grad():
             start = time.perf_counter()
             flops = count_flops(fn)  # the first warm-up call

@@ -18,6 +18,7 @@ from torch import nn
 
 from . import authors
 from .config import with_defaults
+from .ipclip import IPCLIP, default_start_layer
 from .paths import atomic_write
 from .trainable import vision_tower
 
@@ -63,8 +64,11 @@ def _fingerprint(visual: nn.Module, skip: set[str]) -> dict[str, list[float]]:
     return out
 
 
-def load_checkpoint(checkpoint: str | os.PathLike | dict) -> dict:
-    """A fine-tuning checkpoint as a dict (a dict is returned as is after a format check)."""
+def load_checkpoint(checkpoint: str | os.PathLike | dict, mmap: bool = False) -> dict:
+    """A fine-tuning checkpoint as a dict (a dict is returned as is after a format check).
+
+    ``mmap``: map the tensors instead of reading them, for a caller that needs only the config.
+    """
     if isinstance(checkpoint, dict):
         state = checkpoint
         where = "checkpoint"
@@ -73,7 +77,7 @@ def load_checkpoint(checkpoint: str | os.PathLike | dict) -> dict:
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except Exception as error:  # noqa: BLE001 - any unreadable file gets the same clear message
             raise ValueError(f"checkpoint {str(path)!r} could not be read as a MAFT checkpoint: {error}") from None
         where = str(path)
@@ -83,13 +87,15 @@ def load_checkpoint(checkpoint: str | os.PathLike | dict) -> dict:
 
 
 def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, config: dict | None = None,
-                   check_base: bool = True) -> nn.Module:
+                   check_base: bool = True, other_start_layer: bool = False) -> nn.Module:
     """Apply a fine-tuning checkpoint's trained parameters to ``model`` (CLIP model, IPCLIP or tower).
 
     Clear ValueErrors when the checkpoint cannot belong to this model: ``config['model']`` (if given)
-    names another model or weights; a parameter is missing or has another shape; or (``check_base``)
+    names another model or weights; a parameter is missing or has another shape; (``check_base``)
     the frozen base weights differ from those it was trained on (e.g. other pretrained weights, or a
-    random tower built with another seed: use :func:`maft.experiment.build_clip`). Returns ``model``.
+    random tower built with another seed: use :func:`maft.experiment.build_clip`); or ``model`` is an
+    IP-CLIP whose start layer differs from the one it was trained with, unless ``other_start_layer``
+    (the ``eval.allow_other_start_layer`` setting). Returns ``model``.
     The authors' released detectron2 checkpoints (``MAFT_Vitb.pt``) are accepted too (:mod:`maft.authors`).
     """
     released = authors.read_checkpoint(checkpoint)
@@ -98,6 +104,8 @@ def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, confi
     state = load_checkpoint(checkpoint)
     source = state["model"]
     where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
+    if isinstance(model, IPCLIP) and not other_start_layer:
+        _check_start_layer(model, source.get("start_layer"), where)
     if config is not None:
         wanted = with_defaults(config)["model"]
         for key in ("name", "pretrained"):
@@ -122,6 +130,26 @@ def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, confi
         for name, value in state["params"].items():
             own[name].copy_(value)
     return model
+
+
+def trained_start_layer(ipclip: IPCLIP, recorded: int | None) -> int | None:
+    """The start layer a checkpoint was trained at, given its recorded ``model.start_layer`` (None is the
+    default of the tower's depth; ResNet towers have none)."""
+    if ipclip.kind != "vit" or recorded is not None:
+        return recorded
+    return default_start_layer(len(ipclip.visual.transformer.resblocks))
+
+
+def _check_start_layer(ipclip: IPCLIP, recorded: int | None, where: str) -> None:
+    # Layers before L ran the plain tower in training and layers from L on the masked attention: the
+    # fine-tuned weights are tied to that split, so another L measures another model.
+    trained = trained_start_layer(ipclip, recorded)
+    if trained != ipclip.start_layer:
+        raise ValueError(
+            f"{where} was trained with IP-CLIP start layer {trained}, but this IP-CLIP starts at layer "
+            f"{ipclip.start_layer}; set model.start_layer={trained} (maft predict: or omit --config to use the "
+            "checkpoint's model settings), or set eval.allow_other_start_layer=true to evaluate it at another "
+            "layer on purpose")
 
 
 def _check_base(visual: nn.Module, state: dict, where: str) -> None:

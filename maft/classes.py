@@ -21,9 +21,8 @@ from types import MappingProxyType
 from typing import Iterable, Mapping
 
 import numpy as np
-import yaml
 
-from maft.paths import ASSETS_DIR
+from maft.paths import ASSETS_DIR, read_yaml
 
 SPEC_DIR = ASSETS_DIR / "datasets"
 PROTOCOLS = ("zero_shot", "open_vocabulary")
@@ -88,19 +87,30 @@ class ClassSpec:
     title: str = ""
     source: str = ""  # the YAML file it was read from
 
+    def __post_init__(self):
+        # A spec built in code (a user's own dataset) gets the checks of one read from YAML.
+        where = self.source or self.name
+        check_class_names(self.classes, f"{where}: classes")
+        if self.unseen:
+            check_class_names(self.unseen, f"{where}: unseen")
+        known = {class_key(name) for name in self.classes}
+        missing = [name for name in self.unseen if class_key(name) not in known]
+        if missing:
+            raise ValueError(f"{where}: unseen classes {missing} are not in classes")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
     def unseen_ids(self) -> list[int]:
-        unseen = set(self.unseen)
-        return [i for i, name in enumerate(self.classes) if name in unseen]
+        unseen = {class_key(name) for name in self.unseen}
+        return [i for i, name in enumerate(self.classes) if class_key(name) in unseen]
 
     @property
     def seen_ids(self) -> list[int]:
-        unseen = set(self.unseen)
-        return [i for i, name in enumerate(self.classes) if name not in unseen]
+        unseen = {class_key(name) for name in self.unseen}
+        return [i for i, name in enumerate(self.classes) if class_key(name) not in unseen]
 
     def __reduce__(self):
         # A mappingproxy does not pickle; DataLoader workers started by spawn need to pickle datasets.
@@ -195,8 +205,7 @@ def load_class_spec(name: str | os.PathLike) -> ClassSpec:
 
 @functools.lru_cache(maxsize=None)
 def _load_spec_file(path: str) -> ClassSpec:
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return spec_from_dict(data, source=path)
@@ -217,7 +226,7 @@ def spec_from_dict(data: dict, source: str = "<dict>") -> ClassSpec:
     unseen = list(field("unseen", [], required=False) or [])
     if unseen:
         check_class_names(unseen, f"{source}: unseen")
-    missing = [u for u in unseen if u not in classes]
+    missing = [u for u in unseen if class_key(u) not in {class_key(c) for c in classes}]
     if missing:
         raise ValueError(f"{source}: unseen classes {missing} are not in classes")
     ignore_index = int(field("ignore_index", 255, required=False))

@@ -385,6 +385,11 @@ def preprocess_images(
             )
         if chunk.shape[1] != 3:
             raise ValueError(f"images must have 3 (RGB) channels, got {chunk.shape[1]} at {index}")
+        if chunk.shape[2] == 0 or chunk.shape[3] == 0:
+            where = (f"images has shape {tuple(chunk.shape)}" if isinstance(images, torch.Tensor)
+                     else f"images[{index}] has shape {tuple(chunk.shape[1:])}")
+            raise ValueError(f"{where}: an image of {chunk.shape[2]}x{chunk.shape[3]} pixels cannot be resized "
+                             "for CLIP")
         out = F.interpolate(chunk.float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False)
         resized.append(out.clamp_(0, 255))
     pixels = torch.cat(resized) / 255.0

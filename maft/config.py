@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from .losses import LOSS_KINDS
-from .paths import PACKAGE_DIR
+from .paths import PACKAGE_DIR, read_yaml
 from .trainable import UNITS
 
 CONFIG_DIR = PACKAGE_DIR / "configs"
@@ -60,6 +60,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "stride": None,
     "max_images": None,
     "out": None,                # None = outputs/eval/<name>.json
+    # A checkpoint is evaluated at the IP-CLIP start layer it was trained with; true allows another
+    # model.start_layer on purpose (an ablation of L at test time), otherwise that is an error.
+    "allow_other_start_layer": False,
 }
 CLASSIFIERS = ("ipclip", "frozen")
 
@@ -78,8 +81,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 
 def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     path = resolve_config_path(name_or_path)
-    with open(path) as f:
-        config = yaml.safe_load(f) or {}
+    config = read_yaml(path) or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: a config must be a YAML mapping, got {type(config).__name__}")
     return apply_overrides(config, overrides)
@@ -99,7 +101,11 @@ def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[st
             if not isinstance(child, dict):
                 raise ValueError(f"override {item!r}: {key!r} is a value, not a section")
             node = child
-        node[keys[-1]] = parse_value(raw)
+        try:
+            node[keys[-1]] = parse_value(raw)
+        except yaml.YAMLError as error:
+            raise ValueError(f"override {item!r}: the value is not valid YAML "
+                             f"({getattr(error, 'problem', None) or error})") from None
     return config
 
 
@@ -209,4 +215,7 @@ def eval_settings(config: dict) -> dict:
     settings = {**EVAL_DEFAULTS, **given}
     if settings["classifier"] not in CLASSIFIERS:
         raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
+    if not isinstance(settings["allow_other_start_layer"], bool):
+        raise ValueError(f"config eval.allow_other_start_layer must be true or false, "
+                         f"got {settings['allow_other_start_layer']!r}")
     return settings

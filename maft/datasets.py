@@ -21,17 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
 from maft.paths import dataset_dir
 from maft.user_data import resolve_spec
+from maft.progress import progress_bar
 from maft.world import WorldDataset
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
 MODES = ("eval", "train")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B", "1")  # single-channel index images
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # grayscale beyond 8 bits (read_image)
 
 
 @dataclass(frozen=True)
@@ -159,17 +160,48 @@ def list_split(folder: Path, folder_spec: FolderSpec, split: str) -> list[SegIte
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """uint8 [3,H,W] RGB; grayscale / palette / RGBA / CMYK are converted, unreadable files raise ValueError."""
+    """uint8 [3,H,W] RGB; grayscale / palette / RGBA / CMYK are converted, unreadable files raise ValueError.
+
+    Images with more than 8 bits per sample are scaled by the largest value their type can hold, the
+    convention of scikit-image (``img_as_ubyte``) and torchvision (``to_dtype(..., scale=True)``): 16-bit
+    grayscale (PIL modes ``I;16*``, and ``I`` holding 0..65535) maps v -> round(v * 255 / 65535), float
+    images (mode ``F``) are taken to lie in [0, 1]. Scaling by the type, not by each image's own
+    minimum and maximum, keeps a dataset's images comparable (one sensor value, one pixel value) and a
+    constant image constant. PIL's own conversion would saturate every value above 255 to white.
+    16-bit colour PNGs need nothing: PIL already reads them as 8-bit RGB(A) by their high byte.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()  # decodes now, so a truncated file fails here rather than as gray pixels later
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            array = np.array(rgb, dtype=np.uint8)
+        image = Image.open(path)
+        image.load()  # decodes now, so a truncated file fails here rather than as gray pixels later
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise ValueError(f"cannot read image {path}: corrupt or truncated file ({error})") from error
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    try:
+        return torch.from_numpy(rgb_array(image, path)).permute(2, 0, 1).contiguous()
+    finally:
+        image.close()
+
+
+def rgb_array(image: Image.Image, path: str | os.PathLike = "image") -> np.ndarray:
+    """uint8 [H,W,3] of a loaded PIL image, wide grayscale scaled by its type's range (see :func:`read_image`)."""
+    if image.mode in WIDE_GRAY_MODES:
+        return np.repeat(_wide_gray_to_uint8(np.array(image), image.mode, path)[:, :, None], 3, axis=2)
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str, path) -> np.ndarray:
+    """One 16-bit, 32-bit integer or float grayscale plane -> uint8 by the type's range (see read_image)."""
+    if mode == "F":
+        if not np.isfinite(values).all() or values.min(initial=0.0) < 0 or values.max(initial=0.0) > 1:
+            raise ValueError(f"image {path} is a float image with values outside [0, 1] (or not finite); "
+                             "expected intensities in [0, 1]")
+        return np.rint(values * 255.0).astype(np.uint8)
+    values = values.astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"image {path} is a 32-bit integer image with values in [{values.min()}, {values.max()}]; "
+                         "only 16-bit intensities (0..65535) can be converted")
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)  # round(v * 255 / 65535), exact in integers
 
 
 def read_label(path: str | os.PathLike) -> np.ndarray:
@@ -196,11 +228,33 @@ def available_splits(folder: Path, folder_spec: FolderSpec) -> list[str]:
     return splits or ([folder_spec.flat_split] if folder_spec.flat_split else [])
 
 
+def size_mismatches(dataset: SegDataset, progress: bool = True) -> list[str]:
+    """One line per item whose image and mask sizes differ (the pairs ``dataset[i]`` rejects).
+
+    Only the file headers are read, so checking a whole split costs little next to reading its labels.
+    """
+    problems = []
+    for item in progress_bar(dataset.items, desc=f"checking {dataset.name}/{dataset.split} sizes",
+                             disable=not progress, leave=False):
+        sizes = []
+        for path in (item.image_path, item.label_path):
+            try:
+                with Image.open(path) as image:
+                    sizes.append(image.size)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ValueError(f"cannot read {path}: corrupt or not an image ({error})") from error
+        if sizes[0] != sizes[1]:
+            problems.append(f"{item.image_path} is {sizes[0][0]}x{sizes[0][1]} (WxH) but {item.label_path} is "
+                            f"{sizes[1][0]}x{sizes[1][1]}")
+    return problems
+
+
 def classes_per_image(dataset: SegDataset, progress: bool = True) -> list[np.ndarray]:
     """For each item, the sorted contiguous class ids present in its label (this dataset's view)."""
     present = []
-    for index in tqdm(range(len(dataset)), desc=f"reading {dataset.name}/{getattr(dataset, 'split', '')} labels",
-                      disable=not progress, leave=False):
+    for index in progress_bar(range(len(dataset)),
+                              desc=f"reading {dataset.name}/{getattr(dataset, 'split', '')} labels",
+                              disable=not progress, leave=False):
         if isinstance(dataset, SegDataset):
             item = dataset.items[index]
             # Mapping the distinct raw values is enough (and validates them); no need to map every pixel.

@@ -38,10 +38,10 @@ import pooch
 import requests
 import urllib3
 from filelock import FileLock
-from tqdm.auto import tqdm
 
 from maft import paths
 from maft.download_registry import ARCHIVE_SUFFIXES, KnownFile, Registry, human_size, load_registry
+from maft.progress import progress_bar
 
 VERIFIED_RECORD = ".maft-verified.json"
 DOWNLOAD_LOCK = ".maft-download.lock"
@@ -93,7 +93,7 @@ def weights_dir() -> Path:
 
 def hash_file(path: Path, algorithm: str, progress: bool = True) -> str:
     digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+    with open(path, "rb") as handle, progress_bar(total=path.stat().st_size, unit="B", unit_scale=True,
                                            desc=f"{algorithm} {path.name}", disable=not progress,
                                            leave=False) as bar:
         for block in iter(lambda: handle.read(CHUNK), b""):
@@ -112,7 +112,7 @@ def check_archive(path: Path, progress: bool = True, name: str | None = None) ->
         if name.endswith(".zip"):
             with zipfile.ZipFile(path) as archive:
                 members = archive.infolist()
-                with tqdm(total=sum(m.file_size for m in members), unit="B", unit_scale=True,
+                with progress_bar(total=sum(m.file_size for m in members), unit="B", unit_scale=True,
                           desc=f"checking {name}", disable=not progress, leave=False) as bar:
                     for member in members:
                         with archive.open(member) as handle:  # raises BadZipFile on a CRC mismatch
@@ -120,7 +120,7 @@ def check_archive(path: Path, progress: bool = True, name: str | None = None) ->
                                 bar.update(len(block))
         elif name.endswith(ARCHIVE_SUFFIXES):
             with tarfile.open(path, "r:*") as archive:
-                for member in tqdm(archive, desc=f"checking {name}", unit=" files", disable=not progress,
+                for member in progress_bar(archive, desc=f"checking {name}", unit=" files", disable=not progress,
                                    leave=False):
                     if member.isfile():
                         handle = archive.extractfile(member)
@@ -238,7 +238,7 @@ class ResumableDownloader:
         os.replace(self.part, output_file)
 
     def _stream(self, response, url: str, start: int, total: int | None, mode: str) -> None:
-        with open(self.part, mode) as out, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+        with open(self.part, mode) as out, progress_bar(total=total, initial=start, unit="B", unit_scale=True,
                                                 unit_divisor=1024, desc=self.entry.name,
                                                 disable=not self.progress) as bar:
             try:

@@ -25,8 +25,8 @@ import numpy as np
 import open_clip
 import scipy.io
 from PIL import Image
-from tqdm.auto import tqdm
 
+from maft.progress import progress_bar
 from maft.classes import load_class_spec
 from maft.clip import cached_tag_file  # the same cache lookup load_clip uses
 from maft.prepare import prepare_dataset
@@ -96,12 +96,12 @@ def extract(archive: Path, dest: Path, progress: bool = True) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     if archive.name.endswith(".zip"):
         with zipfile.ZipFile(archive) as handle:  # zipfile drops absolute paths and '..' parts
-            for member in tqdm(handle.infolist(), desc=f"unpacking {archive.name}", unit=" files",
+            for member in progress_bar(handle.infolist(), desc=f"unpacking {archive.name}", unit=" files",
                                disable=not progress):
                 handle.extract(member, dest)
     elif archive.name.endswith((".tar", ".tar.gz", ".tgz")):
         with tarfile.open(archive, "r:*") as handle:
-            for member in tqdm(handle, desc=f"unpacking {archive.name}", unit=" files", disable=not progress):
+            for member in progress_bar(handle, desc=f"unpacking {archive.name}", unit=" files", disable=not progress):
                 handle.extract(member, dest, filter="data")  # refuses links and paths leaving dest
     else:
         raise ValueError(f"do not know how to unpack {archive} (expected .zip, .tar, .tar.gz or .tgz)")
@@ -131,7 +131,7 @@ def sbd_augmentation(root: Path, progress: bool = True) -> None:
         raise FileNotFoundError(f"VOC 2012 masks not found at {voc_masks}")
     out = root / "SegmentationClassAug"
     out.mkdir()
-    for mat in tqdm(mats, desc="SBD labels -> SegmentationClassAug", disable=not progress):
+    for mat in progress_bar(mats, desc="SBD labels -> SegmentationClassAug", disable=not progress):
         Image.fromarray(read_sbd_mat(mat), mode="L").save(out / f"{mat.stem}.png")
     for mask in voc_masks.glob("*.png"):  # the official VOC masks are finer (void borders): they win
         shutil.copyfile(mask, out / mask.name)

@@ -30,7 +30,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from tqdm.auto import tqdm
 
 from .authors import config_for_checkpoint
 from .config import eval_settings, with_defaults
@@ -39,7 +38,8 @@ from .inference import NO_PREDICTION, Segmenter, semantic_map
 from .losses import soft_iou
 from .masks import resize_masks
 from .metrics import ConfusionMatrix, segmentation_metrics
-from .paths import atomic_write, resolve_output_path
+from .paths import atomic_write, check_output_path, resolve_output_path
+from .progress import progress_bar
 
 
 
@@ -195,7 +195,8 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     bound = new_confusion(num_classes, ignore_index)
     correlations, skipped = [], 0
     num_proposals = evaluated_pixels = uncovered_pixels = 0
-    for index in tqdm(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(), disable=not progress):
+    for index in progress_bar(range(total), desc=f"eval {getattr(dataset, 'name', '')}".strip(),
+                              disable=not progress):
         sample = dataset[index]
         label = sample["label"]
         where = f"label of image {sample.get('id', index)!r} ({sample.get('label_path', 'no path')})"
@@ -306,7 +307,9 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     config = config_for_checkpoint(copy.deepcopy(config), checkpoint)  # an authors' file brings its own CLIP
     settings = eval_settings(config)
     path = metrics_path(config, out)
-    if path.exists() and not overwrite:  # fail before the (long) evaluation, not after
+    # fail before the (long) evaluation, not after
+    check_output_path(path, "--out" if out is not None else "eval.out")
+    if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
     full = with_defaults(config)
     torch.manual_seed(int(full["seed"]))

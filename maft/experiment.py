@@ -89,7 +89,14 @@ def build_ipclip(config: dict[str, Any], visual: torch.nn.Module, checkpoint=Non
     if checkpoint is None:
         return IPCLIP(visual, start_layer=start_layer, **settings).eval()
     classifier = IPCLIP(copy.deepcopy(visual), start_layer=start_layer, **settings)
-    return load_finetuned(classifier, checkpoint, config=config).eval()
+    return load_into(classifier, checkpoint, config).eval()
+
+
+def load_into(classifier: IPCLIP, checkpoint, config: dict[str, Any]) -> IPCLIP:
+    """:func:`maft.checkpoints.load_finetuned` with the config's checks, start layer included: another
+    ``model.start_layer`` than the checkpoint's is an error unless ``eval.allow_other_start_layer``."""
+    return load_finetuned(classifier, checkpoint, config=config,
+                          other_start_layer=eval_settings(config)["allow_other_start_layer"])
 
 
 def build_classifier(config: dict[str, Any], model, checkpoint=None) -> torch.nn.Module:
@@ -101,7 +108,7 @@ def build_classifier(config: dict[str, Any], model, checkpoint=None) -> torch.nn
     if settings["classifier"] == "ipclip":
         classifier = build_ipclip(config, model.visual)
         if checkpoint is not None:
-            load_finetuned(classifier, checkpoint, config=config)
+            load_into(classifier, checkpoint, config)
         return classifier.eval()
     if checkpoint is not None:
         raise ValueError("a checkpoint holds a fine-tuned IP-CLIP; eval.classifier=frozen takes none "

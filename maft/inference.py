@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .classes import class_key
+from .classes import check_class_names, class_key
 from .clip import clip_normalisation, preprocess_images
 from .masks import resize_masks
 from .text import class_probabilities
@@ -61,12 +61,8 @@ def align_generator_scores(scores: torch.Tensor, generator_classes: Sequence[str
     if scores.ndim != 2 or scores.shape[1] != len(generator_classes):
         raise ValueError(f"generator scores of shape {tuple(scores.shape)} do not match its "
                          f"{len(generator_classes)} class names")
-    position = {}
-    for j, name in enumerate(generator_classes):
-        key = class_key(name)
-        if key in position:
-            raise ValueError(f"generator class list names {name!r} twice")
-        position[key] = j
+    position = {class_key(name): j for j, name in
+                enumerate(check_class_names(generator_classes, "generator class list"))}
     aligned = scores.new_full((scores.shape[0], len(classes)), float("nan"))
     for c, name in enumerate(classes):
         j = position.get(class_key(name))
@@ -261,7 +257,7 @@ class Segmenter:
             raise ValueError(f"ensemble variant {variant!r}: expected one of {ENSEMBLE_VARIANTS}")
         self.classifier, self.generator, self.text = classifier, generator, text
         self.image_size = int(image_size)
-        self.classes = list(classes) if classes is not None else None
+        self.classes = check_class_names(classes, "classes") if classes is not None else None
         self.seen = None if seen is None else seen_mask(seen, text.shape[0])
         self.ensemble_lambda, self.variant = ensemble_lambda, variant
         self.sliding_window = sliding_window

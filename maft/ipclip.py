@@ -112,10 +112,28 @@ def check_masks(masks, batch_size: int, max_proposals: int) -> None:
                              "(soft masks: pass sigmoid(logits), not logits; integer masks: 0 or 1)")
 
 
-def _check_images(images) -> None:
+def check_images(images) -> None:
+    """ValueError unless ``images`` is a finite floating-point ``[B, 3, H, W]`` batch with H, W >= 1.
+
+    A NaN or infinite pixel would spread through attention to every embedding of its image, and a 0x0
+    image has no patch at all: both are refused here, by IP-CLIP and by the frozen baseline, rather
+    than returned as NaN embeddings.
+    """
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor [B, 3, H, W] (normalised), got {shape}")
+    if images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"images has shape {tuple(images.shape)}: an image of {images.shape[2]}x{images.shape[3]} "
+                         "pixels has nothing to encode")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be floating-point normalised values, got {images.dtype} "
+                         "(maft.clip.preprocess_images turns uint8 images into those)")
+    finite = torch.isfinite(images).flatten(1).all(dim=1)
+    if not bool(finite.all()):  # one device->host sync for the batch
+        bad = (~finite).nonzero().flatten().tolist()
+        raise ValueError(f"images[{bad[0]}] contains non-finite values (nan or inf)"
+                         + (f", and {len(bad) - 1} more images" if len(bad) > 1 else "")
+                         + "; check the image source and its normalisation")
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -166,6 +184,7 @@ class IPCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """No-mask mode (used by the self-distillation loss): the tower's own forward, [B, D]."""
+        check_images(images)
         out = self.visual(images)
         return out[0] if isinstance(out, tuple) else out
 
@@ -178,7 +197,7 @@ class IPCLIP(nn.Module):
         return_patch_tokens: also fill ``result.patch_tokens`` ([B, hw, width]; the ResNet feature map for
         ResNet towers). They never depend on the proposals.
         """
-        _check_images(images)
+        check_images(images)
         check_masks(masks, images.shape[0], self.max_proposals)
         grid = self.patch_grid(images)
         on_grid, empty = self._proposals_on_grid(masks, grid, images.device)

@@ -8,11 +8,12 @@ is their harmonic mean. All reported numbers are percentages (0-100), as papers 
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .classes import check_class_names
 
 __all__ = ["ConfusionMatrix", "segmentation_metrics", "harmonic_mean"]
 
@@ -154,9 +155,7 @@ def segmentation_metrics(
     classes = list(classes)
     if len(classes) != count:
         raise ValueError(f"classes has {len(classes)} names but the confusion matrix has {count} classes")
-    duplicates = sorted(name for name, n in Counter(classes).items() if n > 1)
-    if duplicates:
-        raise ValueError(f"classes has duplicate names: {duplicates}")
+    check_class_names(classes, "classes")
     seen = _check_subset(seen, count, "seen")
     unseen = _check_subset(unseen, count, "unseen")
     overlap = sorted(set(seen) & set(unseen))

@@ -1,4 +1,7 @@
-"""Where things live: the repository, dataset roots and the outputs folder.
+"""Where things live: the repository, dataset roots and the outputs folder; writing and reading there.
+
+:func:`check_output_path` is the one check every entry point runs on its output paths before the long
+work; :func:`read_yaml` reads configs, profiles and specs with errors that name the file and line.
 
 Dataset roots are resolved in a fixed order (see :func:`dataset_dir`): an explicit argument, the
 ``MAFT_DATA`` environment variable, the repository's ``data/`` folder, then ``../shared/data`` beside
@@ -7,8 +10,11 @@ the repository (a read-only sample of real VOC, COCO and ADE20K data).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -82,6 +88,55 @@ def resolve_output_path(out: str | os.PathLike | None, name: str, default: tuple
     if not path.is_absolute() and path.parts and path.parts[0] == "outputs":
         return outputs_dir(*path.parts[1:], create=False)
     return path
+
+
+def check_output_path(path: str | os.PathLike, argument: str, directory: bool = False) -> Path:
+    """``path`` as a Path, after checking now that a run will be able to write it; creates nothing.
+
+    Every entry point calls this before its long work (inference, evaluation, training), so a bad
+    ``argument`` (``--out``, ``eval.out``, ``train.out_dir``...) fails at once with a message naming it,
+    not with an OSError when the results are written minutes later. ``directory``: ``path`` is a folder
+    to create or reuse, else a file to create or replace. Errors (OSError subclasses, which the CLI
+    reports as one line): NotADirectoryError when ``path`` or one of its parents is a regular file,
+    IsADirectoryError when a file path is an existing folder, PermissionError when the nearest existing
+    folder cannot be written (read-only filesystem, permissions).
+    """
+    path = Path(path)
+    target = path.absolute()
+    if directory and target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{argument} {path}: is a file, not a folder")
+    if not directory and target.is_dir():
+        raise IsADirectoryError(f"{argument} {path}: is a folder; give a file path")
+    existing = target if directory else target.parent
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{argument} {path}: cannot be created, {existing} is not a folder")
+    # Writing a probe is the only check that holds everywhere: permission bits mean nothing to root,
+    # while a read-only mount, ACLs or a full quota stop everyone, and os.access misses some of those.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".maft-write-check-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise PermissionError(f"{argument} {path}: cannot write in {existing} ({reason})") from None
+    if target.is_file() and not os.access(target, os.W_OK):
+        raise PermissionError(f"{argument} {path}: the existing file cannot be replaced (not writable)")
+    return path
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The parsed YAML file (configs, profiles, class specs); a syntax error is a ValueError naming the
+    file and its line, so the CLI reports it as one line instead of PyYAML's traceback."""
+    try:
+        with open(path) as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{path}{where}: not valid YAML: {problem}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

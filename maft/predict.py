@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .authors import config_for_checkpoint
+from .authors import config_for_checkpoint, is_authors_checkpoint
+from .checkpoints import load_checkpoint
 from .classes import check_class_names
 from .config import eval_settings, load
 from .datasets import read_image, read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
 from .inference import NO_PREDICTION, Segmenter
+from .paths import check_output_path
 from .viz import legend_entries, overlay, overlay_figure, save_figure
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
@@ -107,6 +109,19 @@ def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     return tensor
 
 
+def predict_config(config=None, checkpoint=None, overrides=()) -> dict:
+    """The config :func:`predict` runs: ``config`` (dict, YAML path or shipped name) with ``overrides``.
+
+    Without a config but with a checkpoint, the checkpoint's own ``seed`` (which rebuilds a random base
+    tower), ``model`` (name, weights, image size, start layer) and ``text`` templates, so the
+    fine-tuned weights run on the model they were trained with; without either, the package defaults.
+    """
+    if config is None and checkpoint is not None and not is_authors_checkpoint(checkpoint):
+        saved = load_checkpoint(checkpoint, mmap=True)["config"]  # the config only: no tensor is read
+        config = {key: copy.deepcopy(saved[key]) for key in ("seed", "model", "text") if key in saved}
+    return load(config, overrides)
+
+
 def build_predict_generator(config: dict, proposals) -> Callable:
     """A generator from ``proposals``: a kind ("sam", "gt", "mask2former", "file:DIR"; settings from the
     config when its kind matches) or a ready callable."""
@@ -132,7 +147,9 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
         image: a file path, an HxWx3 uint8 array, or a uint8 tensor ([3,H,W] or [H,W,3]).
         class_names: list of names or one comma-separated string; any vocabulary.
         config: experiment config (dict, YAML path or shipped name); model, image size, text templates,
-            ensemble and proposal settings come from it. None = package defaults (ViT-B/16 OpenAI).
+            ensemble and proposal settings come from it. None = the checkpoint's model, image size,
+            start layer and templates when a checkpoint is given (:func:`predict_config`), else the
+            package defaults (ViT-B/16 OpenAI at 480).
         model: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse (else built from config).
         checkpoint: a fine-tuned IP-CLIP checkpoint (``maft train``); None = IP-CLIP with CLIP's weights
             (or frozen CLIP when ``eval.classifier`` is ``frozen``).
@@ -144,7 +161,9 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     """
     names = parse_class_names(class_names)
     pixels, image_id = load_image(image)
-    config = config_for_checkpoint(load(config), checkpoint)  # an authors' file brings its own CLIP
+    # An authors' file brings its own CLIP; a maft checkpoint its model settings when no config is given.
+    config = config_for_checkpoint(predict_config(config, checkpoint if isinstance(checkpoint, (str, Path, dict))
+                                                  else None), checkpoint)
     settings = eval_settings(config)
     sample = {"image": pixels, "id": image_id}
     if label is not None:
@@ -187,11 +206,20 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "summary": Path(f"{stem}.json")}
 
 
-def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+def check_outputs(out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """:func:`output_paths` after checking they can be written (:func:`maft.paths.check_output_path`)
+    and, without ``overwrite``, that none exists; meant to run before any model is loaded."""
     paths = output_paths(out)
+    for path in paths.values():
+        check_output_path(path, "--out")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
+    return paths
+
+
+def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    paths = check_outputs(out, overwrite)
     paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.overlay).save(paths["overlay"])
     labels = result.label_map.numpy()

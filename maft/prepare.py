@@ -35,12 +35,13 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 import scipy.io
 from PIL import Image
-from tqdm.auto import tqdm
 
 from maft.classes import ClassSpec, load_class_spec
-from maft.datasets import DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label
+from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label,
+                           rgb_array, size_mismatches)
+from maft.paths import check_output_path, data_roots
+from maft.progress import progress_bar
 from maft.user_data import resolve_spec
-from maft.paths import data_roots
 
 ADE847_MAX_SIZE = 512
 
@@ -58,12 +59,20 @@ class Pair(NamedTuple):
 def check_report(name: str, root=None, split: str | None = None, mode: str = "eval") -> str:
     """Text table of per-class image counts for each split of ``name`` under ``root``.
 
-    Every mask is read and checked first; all problems (values outside the class list, size mismatch,
-    unreadable files) are raised together in one ValueError naming the files.
+    Image and mask sizes are compared first (file headers only); then every mask is read and checked,
+    and all problems (values outside the class list, unreadable files) are raised together in one
+    ValueError naming the files.
     """
     spec = resolve_spec(name)
     folder, folder_spec = locate_dataset(spec, root)
     splits = [split] if split else available_splits(folder, folder_spec)
+    for name_of_split in splits:  # headers only: quick, and before the labels are read
+        dataset = SegDataset(spec, name_of_split, root=root, mode=mode)
+        mismatched = size_mismatches(dataset)
+        if mismatched:
+            shown = "; ".join(mismatched[:3]) + (f"; and {len(mismatched) - 3} more" if len(mismatched) > 3 else "")
+            raise ValueError(f"{spec.name} split {name_of_split}: {len(mismatched)} of {len(dataset)} image/mask "
+                             f"pairs differ in size: {shown}")
     lines = [f"{spec.name}: {spec.title} at {folder} ({folder_spec.labels} labels, {spec.num_classes} classes, "
              f"{len(spec.unseen)} unseen)"]
     for name_of_split in splits:
@@ -132,7 +141,7 @@ def prepare_dataset(name: str, src, dst, splits: Iterable[str] | None = None, ma
         shutil.rmtree(partial)
     resize_to = max_size if name == "ade847" else 0
     try:
-        for pair in tqdm(selected, desc=f"preparing {name}", disable=not progress):
+        for pair in progress_bar(selected, desc=f"preparing {name}", disable=not progress):
             _write_pair(pair, partial, spec, resize_to)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never leave a half-written dataset behind
@@ -146,6 +155,7 @@ def prepare_dataset(name: str, src, dst, splits: Iterable[str] | None = None, ma
 def _check_destination(folder: Path, src: Path, overwrite: bool) -> None:
     if folder == src or src in folder.parents or folder in src.parents:
         raise ValueError(f"--dst must lie outside --src: writing {folder} would touch the source {src}")
+    check_output_path(folder, "--dst", directory=True)  # before reading the whole source
     if folder.exists() and any(folder.iterdir()) and not overwrite:
         raise FileExistsError(f"{folder} already exists and is not empty; pass --overwrite to replace it")
 
@@ -166,7 +176,7 @@ def _write_pair(pair: Pair, out: Path, spec: ClassSpec, resize_to: int) -> None:
         if new_size is None and image.format == "JPEG":
             shutil.copyfile(pair.image, image_out)  # byte copy: no re-encoding loss
         else:
-            image = image.convert("RGB")
+            image = Image.fromarray(rgb_array(image, pair.image))  # 16-bit gray by its range, as read_image
             if new_size is not None:
                 image = image.resize(new_size, Image.BILINEAR)
             image.save(image_out, quality=95)
@@ -378,18 +388,14 @@ CONVERTERS: dict[str, Callable[[Path], Iterator[Pair]]] = {
 def scan_dataset(dataset, progress: bool = True) -> tuple[list[np.ndarray], list[str]]:
     """One pass over the masks of a :class:`maft.datasets.SegDataset`: the class ids present in each
     image (as :func:`maft.datasets.classes_per_image`) and every problem found, so a check can list
-    all bad files at once: unreadable masks, values outside the class list, image/mask size mismatch."""
+    all bad files at once: unreadable masks and values outside the class list (sizes are compared
+    before, from the headers, by :func:`maft.datasets.size_mismatches`)."""
     present, problems = [], []
-    for item in tqdm(dataset.items, desc=f"checking {dataset.name}/{dataset.split}", disable=not progress,
+    for item in progress_bar(dataset.items, desc=f"checking {dataset.name}/{dataset.split}", disable=not progress,
                      leave=False):
         try:
             raw = read_label(item.label_path)
             ids = dataset.map_labels(np.unique(raw), str(item.label_path))
-            with Image.open(item.image_path) as image:  # the header only: no decoding
-                size = image.size
-            if size != (raw.shape[1], raw.shape[0]):
-                problems.append(f"{item.label_path}: mask is {raw.shape[1]}x{raw.shape[0]} (WxH) but "
-                                f"{item.image_path} is {size[0]}x{size[1]}")
         except (ValueError, OSError) as error:
             problems.append(str(error))
             ids = np.zeros(0, dtype=np.int64)

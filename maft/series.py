@@ -18,10 +18,10 @@ import nbformat
 import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
-from tqdm.auto import tqdm
 
 from .htmlexport import notebook_to_html, report_to_html
-from .paths import REPO_ROOT, outputs_dir
+from .paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
+from .progress import progress_bar
 from .report import build_report
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -71,7 +71,7 @@ def load_profile(profile: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"profile {profile!r} not found at {path} (profiles: {known})")
-    parameters = yaml.safe_load(path.read_text()) or {}
+    parameters = read_yaml(path) or {}
     if not isinstance(parameters, dict):
         raise ValueError(f"{path}: a profile must be a flat YAML mapping of notebook parameters")
     parameters.setdefault("profile", path.stem)
@@ -84,7 +84,8 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     """Execute the series for ``profile``; executed notebooks (``.ipynb`` and ``.html``), figures,
     metrics, report.md and report.html go to ``outputs/<profile>/`` (or ``output_dir``)."""
     parameters = load_profile(profile)
-    out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"])
+    out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"], create=False)
+    check_output_path(out, "--output-dir" if output_dir else "the profile's output folder", directory=True)
     out.mkdir(parents=True, exist_ok=True)
     parameters["output_dir"] = str(out.resolve())
     parameters["interactive"] = False  # headless: widget cells draw their static fallback
@@ -95,7 +96,8 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     if unused and not only:
         raise ValueError(f"profile {profile!r} sets {unused}, which no notebook declares in its parameters "
                          f"cell (a typo?)")
-    for notebook in tqdm(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb", disable=not progress):
+    for notebook in progress_bar(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb",
+                                 disable=not progress):
         executed = out / notebook.name
         start = time.perf_counter()
         try:

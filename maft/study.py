@@ -275,6 +275,9 @@ def run_story(seeds: int = 3, out: str | os.PathLike | None = None, quick: bool 
         raise ValueError(f"seeds must be a positive int, got {seeds!r}")
     started = time.perf_counter()
     out = Path(out) if out is not None else paths.outputs_dir("world") / "story.json"
+    # both are written after minutes of work (the world CLIP, every fine-tuning run): check them first
+    paths.check_output_path(out, "story out")
+    paths.check_output_path(out.parent / f"{out.stem}_runs", "story out (its run folder)", directory=True)
     pretrain = {**(QUICK_PRETRAIN if quick else {}), **(pretrain or {})}
     names = list(variants or (QUICK_VARIANTS if quick else STORY_VARIANTS))
     unknown = [n for n in names if n not in STORY_VARIANTS]

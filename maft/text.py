@@ -17,10 +17,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import paths
 from .classes import check_class_names
+from .progress import progress_bar
 from .templates import TEMPLATES
 
 # Bump when the way text classifiers are computed changes, so old cache entries are never reused.
@@ -103,7 +103,7 @@ def _encode_prompts(model, tokenizer, prompts: list[str], device, batch_size: in
     model.eval()
     chunks = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="text classifier", unit="batch", disable=len(starts) <= 1, leave=False):
+    for start in progress_bar(starts, desc="text classifier", unit="batch", disable=len(starts) <= 1, leave=False):
         tokens = tokenizer(prompts[start : start + batch_size]).to(device)
         chunks.append(model.encode_text(tokens).float())
     model.train(was_training)

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from .checkpoints import load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
 from .clip import clip_normalisation, preprocess_images, tower_input_size
@@ -52,7 +51,8 @@ from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collat
                           seed_worker)
 from .experiment import build_experiment, build_ipclip
 from .losses import iou_targets, mask_aware_loss_from_targets, self_distillation_loss
-from .paths import resolve_output_path
+from .paths import check_output_path, resolve_output_path
+from .progress import progress_bar
 from .text import class_probabilities
 from .trainable import set_trainable
 
@@ -61,8 +61,12 @@ RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "ch
                      ("train", "num_workers"), ("train", "device"), ("name",), ("eval",)}
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the step and the term."""
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """A loss term became NaN or infinite; the message names the step and the term.
+
+    Also a ValueError: the cause is a setting or input the user can change (learning rate, AMP, bad
+    proposals), so ``maft train`` reports it as one line like any other bad value.
+    """
 
 
 def _config_differences(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
@@ -335,6 +339,11 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
     device = _resolve_device(cfg["device"])
     ddp = Distributed(device)
     try:
+        same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
+        continued = Path(saved["out_dir"]) if same_place and saved.get("out_dir") else None
+        if ddp.main:  # the run folder must be writable before the model is built and trained, not after
+            check_output_path(continued or resolve_run_dir(cfg["out_dir"], config["name"]), "train.out_dir",
+                              directory=True)
         parts = _build_parts(config, device, ddp)
         start = 0
         if saved is not None:
@@ -350,10 +359,9 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             set_rng_state(saved["rng"])
         out_dir = None
         if ddp.main:
-            same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
-            if same_place and saved.get("out_dir"):
+            if continued is not None:
                 # resuming continues the checkpoint's own run folder unless another out_dir is asked for
-                out_dir = Path(saved["out_dir"])
+                out_dir = continued
                 out_dir.mkdir(parents=True, exist_ok=True)
             else:
                 out_dir = _run_dir(config, overwrite)
@@ -368,8 +376,8 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                   f"run dir {out_dir}")
 
         loader = _loader(parts, config, start, ddp)
-        bar = tqdm(total=cfg["iterations"], initial=start, disable=not (progress and ddp.main),
-                   desc=f"maft train {config['name']}", dynamic_ncols=True)
+        bar = progress_bar(total=cfg["iterations"], initial=start, disable=not (progress and ddp.main),
+                           desc=f"maft train {config['name']}", dynamic_ncols=True)
         stats, times, checkpoint = {}, [], None
         step = start
         for samples in loader:
@@ -378,7 +386,8 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             step += 1
             times.append(time.perf_counter() - began)
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.4f}", ma=f"{stats['loss_ma']:.4f}", dis=f"{stats['loss_dis']:.4f}")
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", ma=f"{stats['loss_ma']:.4f}", dis=f"{stats['loss_dis']:.4f}",
+                            refresh=False)  # a forced redraw per step would flood a log (maft.progress)
             last = step == cfg["iterations"]
             if ddp.main and (last or step == 1 or (cfg["log_every"] and step % cfg["log_every"] == 0)):
                 _append_jsonl(metrics, {"step": step, **stats, "step_time_s": times[-1]})

@@ -179,8 +179,16 @@ def test_bad_arguments():
         FrozenCLIP(visual, batch_size=0)
     with pytest.raises(ValueError, match="images must be a tensor"):
         FrozenCLIP(visual)(torch.randn(3, 32, 32), [torch.ones(1, 32, 32)])
-    with pytest.raises(ValueError, match="images must be finite"):
+    with pytest.raises(ValueError, match=r"images\[0\] contains non-finite values"):
         FrozenCLIP(visual)(torch.full((1, 3, 32, 32), float("inf")), [torch.ones(1, 32, 32)])
+    nan = torch.zeros(2, 3, 32, 32)
+    nan[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"images\[1\] contains non-finite values"):
+        FrozenCLIP(visual)(nan, [torch.ones(1, 32, 32), torch.ones(1, 32, 32)])
+    with pytest.raises(ValueError, match=r"images\[1\] contains non-finite values"):
+        FrozenCLIP(visual).encode_image(nan)
+    with pytest.raises(ValueError, match=r"images has shape \(1, 3, 0, 0\): an image of 0x0 pixels"):
+        FrozenCLIP(visual)(torch.zeros(1, 3, 0, 0), [torch.ones(1, 4, 4)])
 
 
 def test_input_size_resizes_a_copy_of_the_tower():

@@ -269,6 +269,9 @@ def test_preprocess_resizes_whole_images_of_any_size():
         (torch.zeros(3, 8, 8, dtype=torch.uint8), "wrap a single image in a list"),
         ([torch.zeros(8, 8, dtype=torch.uint8)], "images\\[0\\]"),
         ([], "empty"),
+        (torch.zeros(1, 3, 0, 0, dtype=torch.uint8), r"images has shape \(1, 3, 0, 0\): an image of 0x0 pixels"),
+        ([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(3, 0, 5, dtype=torch.uint8)],
+         r"images\[1\] has shape \(3, 0, 5\): an image of 0x5 pixels"),
     ],
 )
 def test_preprocess_rejects_bad_images(images, message):

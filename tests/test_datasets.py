@@ -17,7 +17,8 @@ from PIL import Image
 
 from maft import paths
 from maft.classes import available_datasets, check_class_names, load_class_spec, spec_from_dict
-from maft.datasets import DATASETS, SegDataset, build_dataset, class_image_counts, classes_per_image
+from maft.datasets import DATASETS, SegDataset, build_dataset, class_image_counts, classes_per_image, read_image
+from maft.predict import load_image
 
 SHARED = paths.REPO_ROOT.parent / "shared" / "data"
 VOC_UNSEEN = ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -336,6 +337,39 @@ def test_rgba_image_is_converted(tmp_path):
     assert sample["image_path"].endswith("a.png")
     assert torch.equal(sample["image"], torch.from_numpy(rgba[..., :3]).permute(2, 0, 1))
     assert (sample["label"] == 0).all()
+
+
+def test_16bit_grayscale_image_is_scaled_by_its_range(tmp_path):
+    # A 16-bit grayscale PNG (PIL mode I;16): PIL's own RGB conversion makes every value above 255 white.
+    values = np.array([[0, 128, 129, 257, 1000, 30000, 65279, 65535]] * 8, dtype=np.uint16)
+    image_path, _ = write_pair(tmp_path / "voc2012", "val", "a", rgb(), np.zeros((8, 8)))
+    image_path.unlink()
+    wide = image_path.with_suffix(".png")
+    Image.fromarray(values).save(wide)
+    assert Image.open(wide).mode == "I;16"
+    expected = torch.tensor([0, 0, 1, 1, 4, 117, 254, 255], dtype=torch.uint8)  # round(v * 255 / 65535)
+    sample = build_dataset("voc20", "val", root=tmp_path)[0]
+    assert sample["image"].shape == (3, 8, 8) and sample["image"].dtype == torch.uint8
+    assert all(torch.equal(sample["image"][c, 0], expected) for c in range(3))
+    pixels, _ = load_image(wide)  # what maft predict reads
+    assert torch.equal(pixels, sample["image"])
+
+
+def test_wide_integer_and_float_images(tmp_path):
+    as_int = tmp_path / "int32.tif"
+    Image.fromarray(np.array([[0, 65535], [257, 514]], dtype=np.int32)).save(as_int)
+    assert Image.open(as_int).mode == "I"
+    assert read_image(as_int)[0].tolist() == [[0, 255], [1, 2]]
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(as_int)
+    with pytest.raises(ValueError, match=r"int32.tif is a 32-bit integer image with values in \[0, 70000\]"):
+        read_image(as_int)
+    as_float = tmp_path / "float.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(as_float)
+    assert Image.open(as_float).mode == "F"
+    assert read_image(as_float)[1].tolist() == [[0, 128, 255]]
+    Image.fromarray(np.array([[0.0, 2.0]], dtype=np.float32)).save(as_float)
+    with pytest.raises(ValueError, match=r"float.tif is a float image with values outside \[0, 1\]"):
+        read_image(as_float)
 
 
 def test_missing_folders_and_masks(tmp_path):

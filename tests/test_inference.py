@@ -82,8 +82,8 @@ def test_generator_columns_are_mapped_by_name():
         ensemble_scores(clip, aligned, [0, 2], 0.5, variant="zsseg")
     with pytest.raises(ValueError, match="no score for seen"):
         ensemble_scores(clip, aligned, [0, 1, 2], 0.5)
-    with pytest.raises(ValueError, match="twice"):
-        align_generator_scores(scores, ["cat", "cat"], ["cat"])
+    with pytest.raises(ValueError, match=r"generator class list has duplicate class names: \['Cat', 'cat'\]"):
+        align_generator_scores(scores, ["cat", "Cat"], ["cat"])
 
 
 # ------------------------------------------------------------------------------------------ semantic map

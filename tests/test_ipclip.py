@@ -346,6 +346,28 @@ def test_resnet_equals_slow_reference_and_full_mask_equals_plain(resnet):
 
 # ---------------------------------------------------------------------------------------- bad input
 
+def test_non_finite_and_empty_images_are_refused_not_encoded(vit, tiny_rn_clip):
+    masks = [torch.rand(2, 4, 4), torch.rand(3, 4, 4)]
+    for ipclip in (IPCLIP(vit), IPCLIP(tiny_rn_clip[0].visual)):
+        dtype = next(ipclip.parameters()).dtype
+        size = 32 if ipclip.kind == "vit" else 64
+        images = torch.randn(2, 3, size, size, dtype=dtype)
+        assert all(torch.isfinite(e).all() for e in ipclip(images, masks))  # the clean batch encodes
+        for value in (float("nan"), float("inf"), -float("inf")):
+            bad = images.clone()
+            bad[1, 2, 5, 7] = value
+            with pytest.raises(ValueError, match=r"images\[1\] contains non-finite values \(nan or inf\)"):
+                ipclip(bad, masks)
+            with pytest.raises(ValueError, match=r"images\[1\] contains non-finite"):
+                ipclip.encode_image(bad)  # the no-mask mode of self-distillation too
+        with pytest.raises(ValueError, match=r"images has shape \(2, 3, 0, 0\): an image of 0x0 pixels"):
+            ipclip(images[:, :, :0, :0], masks)
+        with pytest.raises(ValueError, match=r"images has shape \(1, 3, 0, 0\)"):
+            ipclip.encode_image(images[:1, :, :0, :0])
+        with pytest.raises(ValueError, match="floating-point normalised values, got torch.uint8"):
+            ipclip(images.to(torch.uint8), masks)
+
+
 def test_bad_masks_raise_value_errors_naming_argument(vit):
     ipclip = IPCLIP(vit, max_proposals=4)
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)

@@ -78,6 +78,18 @@ def fake_voc(src: Path) -> Path:
     return voc
 
 
+def test_a_16bit_grayscale_source_image_is_scaled_not_saturated(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    voc = fake_voc(src)
+    gray = np.tile(np.linspace(0, 65535, 8).astype(np.uint16), (8, 1))  # a ramp from black to white
+    Image.fromarray(gray).save(voc / "JPEGImages" / "2007_000002.jpg", format="PNG")  # 16-bit, misnamed
+    folder = prepare_dataset("voc20", src, dst, splits=["val"], progress=False)
+    with Image.open(folder / "images" / "val" / "2007_000002.jpg") as image:
+        written = np.array(image.convert("L"), dtype=np.int64)
+    expected = np.rint(gray / 257.0)
+    assert np.abs(written - expected).max() <= 3  # JPEG re-encoding, not 255 for every value above 255
+
+
 def test_voc_conversion_pixel_by_pixel(tmp_path):
     src, dst = tmp_path / "src", tmp_path / "dst"
     voc = fake_voc(src)
@@ -296,6 +308,25 @@ def test_cli_prepare_then_check(tmp_path, capsys):
     assert "split val (eval view): 1 images, 1 with an unseen class, 2/20 classes present" in out
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("16 ")]
     assert ["16", "sheep", "1", "yes"] in rows  # val: the sheep image
+
+
+def test_cli_check_rejects_an_image_and_mask_of_different_sizes(tmp_path, capsys):
+    root = tmp_path / "data"
+    for id_, (height, width) in (("a", (8, 8)), ("b", (8, 6))):
+        save_jpg(root / "voc2012" / "images" / "val" / f"{id_}.jpg", seed=1)
+        save_png(root / "voc2012" / "masks" / "val" / f"{id_}.png", np.zeros((height, width), dtype=np.int64))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["data", "check", "voc20", "--root", str(root)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.split("\r")[-1]  # after the progress bar's last redraw
+    assert err.startswith("maft data: error: voc20 split val: 1 of 2 image/mask pairs differ in size: ")
+    assert f"{root}/voc2012/images/val/b.jpg is 8x8 (WxH) but {root}/voc2012/masks/val/b.png is 6x8" in err
+    with pytest.raises(ValueError, match="sizes differ"):  # the pair maft eval rejects
+        build_dataset("voc20", "val", root=root)[1]
+    save_png(root / "voc2012" / "masks" / "val" / "b.png", np.zeros((8, 8), dtype=np.int64))
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["data", "check", "voc20", "--root", str(root)])
+    assert stop.value.code == 0 and "split val (eval view): 2 images" in capsys.readouterr().out
 
 
 def test_cli_check_reports_missing_dataset(tmp_path, capsys, monkeypatch):

@@ -37,8 +37,10 @@ def run(args: argparse.Namespace) -> int:
     n_proposals = args.n_proposals or (QUICK_N if args.quick else DEFAULT_N)
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 3)
     warmup = args.warmup if args.warmup is not None else 3
-    out = Path(args.out) if args.out else paths.outputs_dir("bench") / (
+    out = Path(args.out) if args.out else paths.outputs_dir("bench", create=False) / (
         f"{args.device}-quick.json" if args.quick else f"{args.device}.json")
+    paths.check_output_path(out, "--out")  # the benchmark takes minutes; its results must have a place
+    paths.check_output_path(out.with_suffix(".md"), "--out (its .md table)")
     rows = []
     for spec in models:
         name, resolution = parse_model_spec(spec)

@@ -10,7 +10,10 @@ from maft.evaluate import evaluate_config, format_summary
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (a path or a shipped config name)")
-    parser.add_argument("--checkpoint", default=None, help="fine-tuned IP-CLIP checkpoint (maft train, or the authors' MAFT_Vitb.pt / MAFT_Vitl.pt)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="fine-tuned IP-CLIP checkpoint (maft train, or the authors' MAFT_Vitb.pt / MAFT_Vitl.pt); "
+                             "evaluated at the start layer it was trained with unless "
+                             "--set eval.allow_other_start_layer=true")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set eval.ensemble_lambda=0.7 (repeatable)")
     parser.add_argument("--out", default=None, help="metrics JSON (default: eval.out or outputs/eval/<name>.json)")

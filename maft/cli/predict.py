@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from maft.config import load
-from maft.predict import load_image, output_paths, predict, write_outputs
+from maft.predict import check_outputs, load_image, predict, predict_config, write_outputs
 from maft.viz import legend_entries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="image file (jpg/png/...)")
     parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,dog,grass"')
-    parser.add_argument("--config", default=None, help="experiment YAML or shipped config name (default: package defaults)")
+    parser.add_argument("--config", default=None,
+                        help="experiment YAML or shipped config name (default: with --checkpoint its model, image "
+                             "size, start layer and templates; else the package defaults, ViT-B/16 OpenAI at 480)")
     parser.add_argument("--checkpoint", default=None,
-                        help="fine-tuned IP-CLIP checkpoint (maft train, or the authors' MAFT_Vitb.pt / MAFT_Vitl.pt)")
+                        help="fine-tuned IP-CLIP checkpoint (maft train, or the authors' MAFT_Vitb.pt / MAFT_Vitl.pt); "
+                             "run at the start layer it was trained with unless --set eval.allow_other_start_layer=true")
     parser.add_argument("--proposals", default="sam", help="sam | gt | mask2former | file:DIR (default sam)")
     parser.add_argument("--label", default=None, help="label PNG of class indices (needed by --proposals gt)")
     parser.add_argument("--out", required=True, help="overlay PNG; also writes <out>_legend.png, <out>_labels.png, <out>.json")
@@ -24,10 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    existing = [str(p) for p in output_paths(args.out).values() if p.exists()]  # before loading any model
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite or choose another --out")
-    config = load(args.config, args.overrides)
+    check_outputs(args.out, args.overwrite)  # before loading any model
+    config = predict_config(args.config, args.checkpoint, args.overrides)
     pixels, _ = load_image(args.image)
     result = predict(args.image, args.classes, config=config, checkpoint=args.checkpoint,
                      proposals=args.proposals, label=args.label, device=args.device)

@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     if args.config is None and args.resume is None:
-        raise SystemExit("maft train: give --config <yaml|name> (or --resume <checkpoint>)")
+        raise ValueError("give --config <yaml|name> (or --resume <checkpoint>)")
     if args.config is not None:
         config = load(args.config, args.overrides)
         config.setdefault("name", resolve_config_path(args.config).stem)

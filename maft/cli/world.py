@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         settings = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
         settings = {k: v for k, v in settings.items() if v is not None}
         path = Path(args.out) if args.out else pretrain.default_checkpoint_path(**settings)
+        target = paths.outputs_dir("world", create=False) / "zero_shot.json"
+        if not args.print_path:
+            paths.check_output_path(target, "the zero-shot report")  # written after the pretraining
         if args.force or not path.is_file():
             pretrain.pretrain_world_clip(out=path, progress=not (args.no_progress or args.print_path), **settings)
         if args.print_path:
@@ -52,15 +55,16 @@ def run(args: argparse.Namespace) -> int:
         log = json.loads(Path(f"{path}.json").read_text())
         result = {"pretrain": {k: v for k, v in log.items() if k != "losses"}, "final_loss": log["losses"][-1],
                   "zero_shot": pretrain.zero_shot_accuracy(path)}
-        target = paths.outputs_dir("world") / "zero_shot.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=1))
         print(f"world CLIP: {path} ({log['seconds']:.0f} s, {log['seconds_per_step']:.2f} s/step)")
         _print_zero_shot(result["zero_shot"])
         print(f"written to {target}")
     elif args.action == "zero-shot":
+        target = paths.check_output_path(args.out or paths.outputs_dir("world", create=False) / "zero_shot.json",
+                                         "--out")
         path = args.checkpoint or pretrain.ensure_world_clip()
         result = pretrain.zero_shot_accuracy(path)
-        target = Path(args.out) if args.out else paths.outputs_dir("world") / "zero_shot.json"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=1))
         _print_zero_shot(result)
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.no_progress)
         print(format_story(story))
     elif args.action == "show":
-        target = Path(args.out) if args.out else paths.outputs_dir("world") / f"{args.split}_scenes.png"
+        target = paths.check_output_path(
+            args.out or paths.outputs_dir("world", create=False) / f"{args.split}_scenes.png", "--out")
         save_scene_grid(args.split, args.count, target)
         print(f"written to {target}")
     return 0

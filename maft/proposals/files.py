@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .types import Proposals
 
 FILE_SUFFIXES = (".npz", ".json")
@@ -238,6 +238,6 @@ def export_proposals(generator: Callable[[dict], Proposals], samples: Iterable[d
                      directory: str | os.PathLike, suffix: str = ".npz") -> Path:
     """Run ``generator`` over ``samples`` and write one file per id (e.g. cache SAM proposals once)."""
     directory = Path(directory)
-    for sample in tqdm(samples, desc=f"proposals -> {directory}"):
+    for sample in progress_bar(samples, desc=f"proposals -> {directory}"):
         save_proposals(directory / f"{sample['id']}{suffix}", generator(sample))
     return directory

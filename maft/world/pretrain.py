@@ -25,10 +25,10 @@ from pathlib import Path
 
 import open_clip
 import torch
-from tqdm.auto import tqdm
 
 from .. import paths
 from ..clip import MODEL_CONFIG_DIR, clip_normalisation, load_clip, preprocess_images, tower_input_size
+from ..progress import progress_bar
 from ..text import text_classifier
 from . import draw
 from .dataset import WorldDataset
@@ -117,6 +117,8 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     """
     settings = _settings(**settings)
     out = Path(out) if out is not None else default_checkpoint_path(**settings)
+    paths.check_output_path(out, "world CLIP checkpoint (--out)")  # before the pretraining, not after
+    paths.check_output_path(f"{out}.json", "world CLIP log (--out + .json)")
     torch.manual_seed(settings["seed"])
     model, _, tokenizer = load_clip(MODEL_NAME)
     model.train()
@@ -127,7 +129,7 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     losses, data_seconds = [], 0.0
     started, cpu_started = time.perf_counter(), time.process_time()
     batch = settings["batch_size"]
-    bar = tqdm(range(settings["steps"]), desc="pretrain world CLIP", disable=not progress)
+    bar = progress_bar(range(settings["steps"]), desc="pretrain world CLIP", disable=not progress)
     # Scenes of the next step are drawn in a thread while this step computes (torch releases the
     # GIL); the data depend only on the step, so this changes nothing but the time.
     pool = ThreadPoolExecutor(max_workers=1)
@@ -149,7 +151,7 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
         with torch.no_grad():  # open_clip's training script bounds the temperature the same way
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(round(loss.item(), 5))
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # the interval decides redraws
     pool.shutdown()
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # CPU time of all threads: comparable on a busy machine

@@ -8,9 +8,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ..paths import ASSETS_DIR
+from ..classes import check_class_names
+from ..paths import ASSETS_DIR, read_yaml
 
 IGNORE_INDEX = 255
 WORLD_SPEC_PATH = ASSETS_DIR / "world.yaml"
@@ -54,16 +54,13 @@ def load_world_spec(path: str | Path | None = None) -> WorldSpec:
 def _load_world_spec(path: str) -> WorldSpec:
     if not Path(path).is_file():
         raise FileNotFoundError(f"world specification {path} not found")
-    text = Path(path).read_text()
-    raw = yaml.safe_load(text)
+    raw = read_yaml(path)
     for key in ("image_size", "seed", "splits", "things", "stuff", "unseen", "captions"):
         if key not in raw:
             raise ValueError(f"{path}: missing key {key!r}")
     things = [f"{c} {p}" for c in raw["things"]["colours"] for p in raw["things"]["patterns"]]
     stuff = list(raw["stuff"])
-    classes = tuple(things + stuff)
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"{path}: class names must be unique, got {classes}")
+    classes = tuple(check_class_names(things + stuff, f"{path}: classes"))
     unknown = [name for name in raw["unseen"] if name not in classes]
     if unknown:
         raise ValueError(f"{path}: unseen classes {unknown} are not world classes {list(classes)}")
