@@ -29,6 +29,8 @@ import torch
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
+from maft.masks import mask_on
+
 from .types import Proposals
 
 FILE_SUFFIXES = (".npz", ".json")
@@ -61,7 +63,7 @@ def save_proposals(path: str | os.PathLike, proposals: Proposals,
             np.savez_compressed(handle, **arrays)
         return path
 
-    binary = np.asfortranarray((masks > 0.5).numpy().transpose(1, 2, 0).astype(np.uint8))
+    binary = np.asfortranarray(mask_on(masks).numpy().transpose(1, 2, 0).astype(np.uint8))
     rles = mask_utils.encode(binary) if len(masks) else []
     records = []
     for i, rle in enumerate(rles):
