@@ -62,6 +62,17 @@ def trainable_parameter_names(visual: nn.Module, units: Sequence[str]) -> list[s
     return names
 
 
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+
+
+def norm_parameter_names(visual: nn.Module) -> list[str]:
+    """Names of the parameters that belong to normalisation layers (LayerNorm, BatchNorm, GroupNorm ...),
+    by module type as the authors' optimiser finds them; they get ``train.norm_weight_decay``."""
+    return [f"{module_name}.{name}" if module_name else name
+            for module_name, module in visual.named_modules() if isinstance(module, NORM_MODULES)
+            for name, _ in module.named_parameters(recurse=False)]
+
+
 def set_trainable(visual: nn.Module, units: Sequence[str]) -> list[str]:
     """Freeze the tower except ``units``; returns the trainable names."""
     names = trainable_parameter_names(visual, units)

@@ -225,6 +225,57 @@ def test_coco128_loads_as_coco_stuff_train_with_contiguous_ids():
     assert not any(np.isin(training.label_array(i), training.unseen).any() for i in range(len(training)))
 
 
+def test_open_vocabulary_protocol_maps_no_class_to_ignore_and_zero_shot_exactly_the_unseen():
+    spec = load_class_spec("coco_stuff171")
+    ids = np.arange(171)
+    zero_shot = build_dataset("coco_stuff171", "train", mode="train")
+    open_vocabulary = build_dataset("coco_stuff171", "train", mode="train", protocol="open_vocabulary")
+    # every contiguous class id through each training view's table (the shared sample stores contiguous ids)
+    assert (open_vocabulary.map_labels(ids) == ids).all()
+    ignored = ids[zero_shot.map_labels(ids) == 255]
+    assert sorted(ignored.tolist()) == spec.unseen_ids and len(ignored) == 15
+    assert [spec.classes[i] for i in ignored] == ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot",
+                                                  "scissors", "cardboard", "clouds", "grass", "playingfield",
+                                                  "river", "road", "tree", "wall-concrete"]
+    assert open_vocabulary.seen == list(range(171)) and open_vocabulary.unseen == []
+    assert len(zero_shot.seen) == 156 and zero_shot.unseen == spec.unseen_ids
+    # on the images: 18 of the 128 hold an unseen thing; the open-vocabulary view keeps all of their pixels
+    evaluation = build_dataset("coco_stuff171", "train")
+    kept = 0
+    for index in range(len(evaluation)):
+        label = evaluation.label_array(index)
+        assert (open_vocabulary.label_array(index) == label).all()
+        kept += bool(np.isin(label, spec.unseen_ids).any())
+    assert kept == 18
+    with pytest.raises(ValueError, match="data.protocol must be one of zero_shot, open_vocabulary"):
+        build_dataset("coco_stuff171", "train", protocol="openvocab")
+    with pytest.raises(ValueError, match="world dataset has the zero-shot protocol only"):
+        build_dataset("world", "train", protocol="open_vocabulary")
+
+
+def test_prompt_names_follow_the_authors_registration_and_display_names_stay():
+    voc = load_class_spec("voc20")
+    assert voc.classes[15] == "pottedplant" and voc.classes[19] == "tvmonitor"       # display, metrics
+    assert voc.prompt_names[15] == "potted plant" and voc.prompt_names[19] == "tv"   # text prompts
+    assert voc.prompt_names[10] == "diningtable"  # ZegFormer and the authors keep it glued
+    pc459 = load_class_spec("pc459")
+    assert pc459.prompt_names[2] == "air conditioner" and pc459.classes[2] == "airconditioner"
+    assert sum(a != b for a, b in zip(pc459.classes, pc459.prompt_names)) == 94
+    ade150 = load_class_spec("ade150")
+    assert ade150.prompt_names[89] == "tv" and ade150.prompt_names[8] == "window"
+    assert sum(a != b for a, b in zip(ade150.classes, ade150.prompt_names)) == 42
+    for name in ("coco_stuff171", "pc59", "ade847"):  # checked equal to the authors' names
+        spec = load_class_spec(name)
+        assert spec.prompt_names == spec.classes, name
+    assert build_dataset("voc20", "val").prompts[19] == "tv"
+    with pytest.raises(ValueError, match="prompts name classes that are not in classes"):
+        spec_from_dict({"name": "x", "classes": ["a", "b"], "label_map": {"raw_ids": [1, 2]},
+                        "prompts": {"c": "d"}})
+    with pytest.raises(ValueError, match="prompt names has duplicate class names"):
+        spec_from_dict({"name": "x", "classes": ["a", "b"], "label_map": {"raw_ids": [1, 2]},
+                        "prompts": {"a": "b"}})
+
+
 def test_grayscale_image_is_converted_to_three_channels():
     dataset = build_dataset("coco_stuff171", "train")
     index = [item.id for item in dataset.items].index("000000000086")
