@@ -4,7 +4,9 @@ The authors train with detectron2's MaskFormer semantic mapper and these setting
 config, github.com/jiaosiyu1999/MAFT ``out/MAFT/config.yaml``), in this order:
 
 1. shortest-edge resize to a size drawn from 320, 384, ..., 960 (``choice``), the longer side at most
-   2560; the image bilinearly (PIL, antialiased), the label with nearest neighbours;
+   2560; the image bilinearly (PIL, antialiased), the label with nearest neighbours (torch's
+   ``"nearest"``, which puts the label up to half a source pixel up and left of the image; here the
+   centre-aligned ``NEAREST_EXACT`` keeps the two aligned pixel for pixel);
 2. a random 640 x 640 crop (smaller sides are kept whole; ``SINGLE_CATEGORY_MAX_AREA: 1.0``, so no
    category constraint);
 3. SSD colour distortion (``COLOR_AUG_SSD``): brightness +U(-32, 32), then in random order contrast
@@ -142,8 +144,9 @@ class TrainAugmentation:
             crop = (min(self.crop, size[0]), min(self.crop, size[1]))
             top = int(torch.randint(size[0] - crop[0] + 1, (), generator=generator))
             left = int(torch.randint(size[1] - crop[1] + 1, (), generator=generator))
-        color = self._draw_color(generator) if self.color else []
         flip = self.flip and _coin(generator)
+        # drawn last, so switching colour off leaves the geometry of every image as it was
+        color = self._draw_color(generator) if self.color else []
         return AugmentParams(size, top, left, crop, color, flip)
 
     @staticmethod
@@ -163,7 +166,9 @@ class TrainAugmentation:
         image, label = sample["image"], sample["label"]
         params = self.draw(image.shape[-2], image.shape[-1], generator)
         image = TF.resize(tv_tensors.Image(image), list(params.size), InterpolationMode.BILINEAR, antialias=True)
-        label = TF.resize(tv_tensors.Mask(label), list(params.size))  # nearest, as detectron2's labels
+        # nearest with pixel centres aligned (PIL's nearest) so the label sits on the bilinear image; the
+        # authors' detectron2 resizes float labels with torch's "nearest", shifted by up to half a pixel
+        label = TF.resize(tv_tensors.Mask(label), list(params.size), InterpolationMode.NEAREST_EXACT)
         image = self._geometry(image, params)
         for step, value in params.color:  # before padding, as the authors: the padding stays 128
             image = _COLOR_STEPS[step](image, value)

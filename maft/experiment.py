@@ -197,11 +197,13 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
         prompts = None if dataset_prompts is None else [dataset_prompts[i] for i in class_ids]
     else:
         classes, class_ids, prompts = list(text_classes), None, None
+    # the generator before the text classifier: a missing proposal folder fails in a second, not after
+    # minutes of encoding prompts
+    generator = generator if generator is not None else build_generator(config)
     with torch.no_grad():
         text = build_text_classifier(config, clip_model, tokenizer, classes, device=device, prompts=prompts)
     return Experiment(config=config, device=device, model=clip_model, tokenizer=tokenizer, dataset=dataset,
-                      generator=generator if generator is not None else build_generator(config), text=text,
-                      classes=classes, class_ids=class_ids)
+                      generator=generator, text=text, classes=classes, class_ids=class_ids)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ Distributed: the same entry point runs on CPU, one GPU or many GPUs/nodes (:mod:
 under ``torchrun`` the student is wrapped in DistributedDataParallel. Which parameters train is
 :mod:`maft.trainable`; what is saved and how a run resumes bit-exactly is :mod:`maft.checkpoints`.
 
-Kept frozen and in eval mode: the text tower, the proposal generator, the teacher and the frozen
-units. The student runs in eval mode too: CLIP towers have no dropout, and a ResNet tower's batch-norm
+Kept frozen and in eval mode: the text tower, the proposal generator, the teacher (see
+``_frozen_teacher`` for why its attention modules are in training mode) and the frozen units. The
+student runs in eval mode too: CLIP towers have no dropout, and a ResNet tower's batch-norm
 statistics are frozen units (their affine weights train when "norm" is selected).
 """
 from __future__ import annotations
@@ -415,10 +416,8 @@ def _build_parts(config: dict, device: torch.device, ddp: Distributed) -> Traini
     model = experiment.model
     model.requires_grad_(False)  # text tower and everything else frozen; the chosen units re-enabled below
     visual = model.visual
-    teacher = None
-    if cfg["distill_weight"] > 0:
-        teacher = copy.deepcopy(visual).eval().requires_grad_(False)  # the original tower, frozen
     trained = set_trainable(visual, cfg["trainable"])
+    teacher = _frozen_teacher(visual) if cfg["distill_weight"] > 0 else None
     student: nn.Module = Student(build_ipclip(config, visual))
     if ddp.active:
         student = nn.parallel.DistributedDataParallel(
@@ -440,6 +439,22 @@ def _build_parts(config: dict, device: torch.device, ddp: Distributed) -> Traini
         config=config, device=device, dist=ddp, dataset=experiment.dataset, visual=visual, student=student,
         teacher=teacher, text=experiment.text.float(), trained=trained, generator=experiment.generator,
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype)
+
+
+def _frozen_teacher(visual: nn.Module) -> nn.Module:
+    """A copy of the original tower that computes exactly what the untrained student computes.
+
+    The teacher is frozen by never being optimised and always running under ``torch.no_grad()``. It
+    keeps the student's ``requires_grad`` flags because PyTorch picks matmul and attention kernels by
+    them (a parameter's flag stays set under no_grad), and its attention modules are put in training
+    mode to keep nn.MultiheadAttention off its fused inference kernel (CLIP attention has no dropout). Both
+    round differently otherwise, and L_dis would start at ~1e-15 instead of exactly 0 (eq. 8 at step 0).
+    """
+    teacher = copy.deepcopy(visual).eval()
+    for module in teacher.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            module.train()
+    return teacher
 
 
 def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> torch.utils.data.DataLoader:
