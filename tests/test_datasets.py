@@ -438,3 +438,22 @@ def test_segdataset_accepts_a_spec_object(tmp_path):
     spec = spec_from_dict(_spec_dict())
     dataset = SegDataset(spec, "train", root=tmp_path, mode="train")
     assert dataset[0]["label"][0, :4].tolist() == [255, 0, 1, 255]  # 'c' (raw 3) is unseen
+
+
+def test_text_classifier_of_a_dataset_prompts_with_the_prompt_names():
+    from maft.config import load
+    from maft.experiment import build_experiment
+    from maft.text import text_classifier
+
+    experiment = build_experiment(load("voc20_tiny_cpu"), split="eval")
+    assert experiment.classes[19] == "tvmonitor"  # display name kept
+    model, tokenizer = experiment.model, experiment.tokenizer
+    prompted = text_classifier(model, tokenizer, ["tv", "potted plant"], templates="single", cache=False)
+    torch.testing.assert_close(experiment.text[[19, 15]], prompted)
+    plain = text_classifier(model, tokenizer, ["tvmonitor"], templates="single", cache=False)
+    assert not torch.allclose(experiment.text[19], plain[0])
+    # the training view's text rows are the seen classes, prompted the same way
+    training = build_experiment(load("voc20_tiny_cpu"), split="train", text_classes="seen",
+                                model=(model, None, tokenizer))
+    assert training.classes == [experiment.classes[i] for i in training.dataset.seen]
+    torch.testing.assert_close(training.text, experiment.text[training.dataset.seen])
