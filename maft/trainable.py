@@ -1,8 +1,9 @@
 """Which parameters of a vision tower MAFT trains: the units of the paper's Table 4d, by name pattern.
 
-The default, ``["attn", "norm"]``, is the authors' code: every block's attention and both layer norms
-and the final norm train; the patch embedding (with ``ln_pre``), class and positional embeddings, MLPs
-and the projection stay frozen.
+The default, ``["attn", "norm"]``, is the authors' code, the "+ proj." row of Tab. 4d: every block's
+attention and both layer norms and the final norm train; the patch embedding (with ``ln_pre``), class
+and positional embeddings, MLPs and the projection stay frozen. The paper's default row ("+ conv.")
+also trains the projection: ``["attn", "norm", "proj"]``.
 """
 from __future__ import annotations
 
