@@ -40,6 +40,8 @@ _EXPORTS = {
     "load_proposals": "maft.proposals",
     "mask_aware_loss": "maft.losses",
     "self_distillation_loss": "maft.losses",
+    "maft_objective": "maft.losses",
+    "TrainAugmentation": "maft.augment",
     "finetune": "maft.train",
     "load_finetuned": "maft.checkpoints",
     "ensemble_scores": "maft.inference",

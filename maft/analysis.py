@@ -12,10 +12,11 @@ from typing import Sequence
 
 import torch
 
-from .config import apply_overrides
+from .config import apply_overrides, load
 from .evaluate import evaluate
 from .experiment import Experiment, build_experiment
 from .study import summary_row
+from .train import finetune
 
 
 def evaluate_classifier(experiment: Experiment, classifier, max_images: int | None = None,
@@ -104,6 +105,24 @@ def ensemble_rows(experiment: Experiment, classifiers: dict, ensemble_lambda: fl
                            experiment.image_size, ensemble_lambda=ensemble_lambda, max_images=max_images)
         rows.append(summary_row(f"{name} + ensemble (lambda {ensemble_lambda})", metrics))
     return rows
+
+
+TRANSFER_RUN = "train_transfer"  # where notebook 03 fine-tunes the profile's transfer_config
+
+
+def finetune_transfer_model(transfer_config, overrides, output_dir, progress: bool = True) -> dict:
+    """Fine-tune the model the transfer rows use (paper Table 3: trained on every class of the source
+    dataset, e.g. ``coco_stuff171_vitb16_openvocab``) into ``<output_dir>/train_transfer``."""
+    config = load(transfer_config, list(overrides) + [f"train.out_dir={Path(output_dir) / TRANSFER_RUN}"])
+    return finetune(config, progress=progress, overwrite=True)
+
+
+def transfer_model(config: dict, checkpoint, transfer_config, overrides, output_dir) -> tuple[dict, str]:
+    """(config, checkpoint) of the transfer rows: the profile's ``transfer_config`` and the checkpoint
+    notebook 03 trained for it, or, without one, the notebook's own config and checkpoint."""
+    if transfer_config is None:
+        return config, checkpoint
+    return load(transfer_config, list(overrides)), find_checkpoint(Path(output_dir) / TRANSFER_RUN)
 
 
 def transfer_rows(config: dict, transfer: dict, checkpoint, device: str = "cpu",

@@ -11,8 +11,8 @@ input size and encoded by a separate CLIP forward. Three merge operations (ZegFo
 Conventions (decided here, tested in tests/test_baseline.py):
 
 * Masks are resized to the image size with :func:`maft.masks.binarize_masks` (bilinear,
-  ``align_corners=False``; a pixel is *on* when the resized value is ``> mask_threshold``, 0.5, the same
-  rule IP-CLIP applies on its patch grid).
+  ``align_corners=False``; a pixel is *on* when the resized value is ``>= mask_threshold``, 0.5, the same
+  rule IP-CLIP applies on its patch grid, :func:`maft.masks.mask_on`).
 * The bounding box is the tight box of the on pixels, optionally grown by ``crop_margin`` (a fraction of
   the box height/width on each side, clipped to the image).
 * Sub-images are resized straight to ``input_size x input_size`` (aspect ratio not kept, as the paper's

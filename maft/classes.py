@@ -5,6 +5,10 @@ the class names in contiguous-id order, the unseen class names, how raw label va
 written by ``maft data prepare`` map to contiguous ids, and the folder names searched under a data root.
 Nothing else in the package hard-codes class lists.
 
+Prompt names. A spec may map some classes to the text the prompt templates get (``prompts``), where
+the authors' (or ZegFormer's) registration files prompt a class by another name than the dataset's
+own, e.g. VOC's "tvmonitor" as "tv". Display names, metrics and ``classes`` stay the dataset's own.
+
 Label encodings. A folder stores either ``raw`` labels (the official dataset values, mapped here through
 ``label_map``) or ``contiguous`` labels (already ``0..C-1`` with the spec's ignore value). The ignore
 value is 255, except for datasets with more than 255 classes (ADE20K-847, PASCAL-Context-459), where
@@ -15,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field as dataclass_field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Iterable, Mapping
@@ -28,6 +32,13 @@ SPEC_DIR = ASSETS_DIR / "datasets"
 PROTOCOLS = ("zero_shot", "open_vocabulary")
 LABEL_ENCODINGS = ("raw", "contiguous")
 UNLISTED_POLICIES = ("error", "ignore")
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS` (the values of ``data.protocol``), else ValueError."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"data.protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return protocol
 
 
 def class_key(name: str) -> str:
@@ -86,6 +97,7 @@ class ClassSpec:
     protocol: str = "zero_shot"
     title: str = ""
     source: str = ""  # the YAML file it was read from
+    prompts: Mapping[str, str] = dataclass_field(default_factory=lambda: MappingProxyType({}))  # name -> prompt name
 
     def __post_init__(self):
         # A spec built in code (a user's own dataset) gets the checks of one read from YAML.
@@ -108,6 +120,11 @@ class ClassSpec:
         return [i for i, name in enumerate(self.classes) if class_key(name) in unseen]
 
     @property
+    def prompt_names(self) -> tuple[str, ...]:
+        """The text each class (in ``classes`` order) is put into the prompt templates with."""
+        return tuple(self.prompts.get(name, name) for name in self.classes)
+
+    @property
     def seen_ids(self) -> list[int]:
         unseen = {class_key(name) for name in self.unseen}
         return [i for i, name in enumerate(self.classes) if class_key(name) not in unseen]
@@ -116,6 +133,7 @@ class ClassSpec:
         # A mappingproxy does not pickle; DataLoader workers started by spawn need to pickle datasets.
         state = {f.name: getattr(self, f.name) for f in fields(self)}
         state["label_map"] = dict(self.label_map)
+        state["prompts"] = dict(self.prompts)
         return _rebuild_spec, (state,)
 
     def folder(self, name: str) -> FolderSpec:
@@ -154,7 +172,8 @@ class ClassSpec:
 
 
 def _rebuild_spec(state: dict) -> ClassSpec:
-    return ClassSpec(**{**state, "label_map": MappingProxyType(state["label_map"])})
+    return ClassSpec(**{**state, "label_map": MappingProxyType(state["label_map"]),
+                        "prompts": MappingProxyType(state["prompts"])})
 
 
 def apply_lookup(table: np.ndarray, values: np.ndarray, source: str, outside_is_ignore: bool,
@@ -256,11 +275,24 @@ def spec_from_dict(data: dict, source: str = "<dict>") -> ClassSpec:
     label_map.update({raw: ignore_index for raw in ignore_raw})
 
     folders = tuple(_folder_spec(entry, source) for entry in field("folders", [], required=False) or [])
+    prompts = _prompt_map(field("prompts", {}, required=False) or {}, classes, source)
     return ClassSpec(
         name=name, classes=tuple(classes), unseen=tuple(unseen), label_map=MappingProxyType(label_map),
         unlisted=unlisted, ignore_index=ignore_index, folders=folders, protocol=protocol,
-        title=str(field("title", name, required=False)), source=source,
+        title=str(field("title", name, required=False)), source=source, prompts=MappingProxyType(prompts),
     )
+
+
+def _prompt_map(data, classes: list[str], source: str) -> dict[str, str]:
+    """``prompts`` checked: keys are class names, values non-blank, and the prompt names stay distinct."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: prompts must be a mapping of class name -> prompt name")
+    unknown = [name for name in data if name not in classes]
+    if unknown:
+        raise ValueError(f"{source}: prompts name classes that are not in classes: {unknown}")
+    prompts = {str(name): value for name, value in data.items()}
+    check_class_names([prompts.get(name, name) for name in classes], f"{source}: prompt names")
+    return prompts
 
 
 def _folder_spec(entry, source: str) -> FolderSpec:

@@ -14,7 +14,9 @@ from typing import Any, Iterable
 
 import yaml
 
-from .losses import LOSS_KINDS
+from .augment import augmentation_settings
+from .classes import check_protocol
+from .losses import CONSTANT_ROWS, LOSS_KINDS, LOSS_REDUCTIONS
 from .paths import PACKAGE_DIR, read_yaml
 from .trainable import UNITS
 
@@ -24,7 +26,10 @@ CONFIG_DIR = PACKAGE_DIR / "configs"
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "model": {"name": "ViT-B-16", "pretrained": "openai", "image_size": 480, "start_layer": None},
-    "data": {"dataset": "voc20", "root": None, "train_split": "train", "eval_split": "val", "max_images": None},
+    # protocol: zero_shot (unseen classes never reach training) | open_vocabulary (train on every class,
+    # paper App. B: the COCO-Stuff model of Tables 3 and 6 is trained on all 171 classes)
+    "data": {"dataset": "voc20", "root": None, "train_split": "train", "eval_split": "val", "max_images": None,
+             "protocol": "zero_shot"},
     "proposals": {"kind": "gt", "settings": {}},
     "text": {"templates": "vild"},
 }
@@ -34,14 +39,19 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,            # GLOBAL batch (all ranks together)
     "micro_batch_size": None,    # per-rank forward chunk (gradient accumulation); None = whole shard
     "lr": 1.0e-5,
-    "weight_decay": 1.0e-5,
+    "weight_decay": 1.0e-5,      # the paper (Sec. 5.1); the authors' code uses 1e-4
+    "norm_weight_decay": 0.0,    # on LayerNorm / BatchNorm parameters: none, as the authors' optimiser
     "lr_power": 0.9,             # poly schedule lr * (1 - step / iterations) ** power
     "grad_clip": 0.01,           # max total gradient L2 norm; null or 0 = off
     "trainable": ["attn", "norm"],
     "loss": "smooth_l1",         # L_ma kind: smooth_l1 | l1 | l2 | kl
+    "loss_reduction": "pairs",   # pairs: one mean over the batch's (class, proposal) pairs (authors) | image
+    "constant_iou_rows": "keep",  # keep (zero target, authors) | skip a class whose IoUs are all equal
     "distill_loss": "smooth_l1",
     "distill_weight": 1.0,       # lambda; 0 = no teacher at all
-    "amp": True,                 # CUDA only: true (bf16 if supported, else fp16) | bf16 | fp16 | false
+    "augmentation": True,        # the authors' (maft.augment): true | false | a mapping of its settings
+    "amp": True,                 # CUDA only: true (bf16 if supported, else fp16) | bf16 | fp16 | false (fp32,
+                                 # the authors' precision)
     "device": "auto",            # auto | cpu | cuda
     "num_workers": 0,            # DataLoader workers (image decoding)
     "log_every": 10,
@@ -164,7 +174,15 @@ def training_config(config: dict[str, Any]) -> dict[str, Any]:
     merged["train"] = train
     merged.setdefault("name", "maft")
     _check_train_settings(train)
+    check_data_settings(merged)
     return merged
+
+
+def check_data_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``config['data']`` (defaults filled in) after checking the values the loader cannot catch later."""
+    data = with_defaults(config)["data"]
+    check_protocol(data["protocol"])
+    return data
 
 
 def _check_train_settings(train: dict[str, Any]) -> None:
@@ -177,7 +195,7 @@ def _check_train_settings(train: dict[str, Any]) -> None:
     positive_int("batch_size")
     if train["micro_batch_size"] is not None:
         positive_int("micro_batch_size")
-    for key in ("lr", "weight_decay", "lr_power", "distill_weight"):
+    for key in ("lr", "weight_decay", "norm_weight_decay", "lr_power", "distill_weight"):
         if not isinstance(train[key], (int, float)) or isinstance(train[key], bool) or train[key] < 0:
             raise ValueError(f"train.{key} must be a number >= 0, got {train[key]!r}")
     if train["lr"] <= 0:
@@ -187,6 +205,12 @@ def _check_train_settings(train: dict[str, Any]) -> None:
     for key in ("loss", "distill_loss"):
         if train[key] not in LOSS_KINDS:
             raise ValueError(f"train.{key} must be one of {list(LOSS_KINDS)}, got {train[key]!r}")
+    if train["loss_reduction"] not in LOSS_REDUCTIONS:
+        raise ValueError(f"train.loss_reduction must be one of {list(LOSS_REDUCTIONS)}, got {train['loss_reduction']!r}")
+    if train["constant_iou_rows"] not in CONSTANT_ROWS:
+        raise ValueError(f"train.constant_iou_rows must be one of {list(CONSTANT_ROWS)}, got "
+                         f"{train['constant_iou_rows']!r}")
+    augmentation_settings(train["augmentation"])  # ValueError naming train.augmentation.<key>
     units = train["trainable"]
     if isinstance(units, str):
         units = train["trainable"] = [u.strip() for u in units.split(",") if u.strip()]

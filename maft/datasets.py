@@ -10,7 +10,13 @@ Layouts read (under a dataset folder found by :func:`maft.paths.dataset_dir`):
 
 A folder is canonical when ``images/`` has sub-folders, flat otherwise. Labels are mapped to contiguous
 ids with the dataset's :class:`maft.classes.ClassSpec` (raw official values or already contiguous, per
-folder). ``mode="train"`` is the zero-shot training view: unseen-class pixels become ignore.
+folder). ``mode="train"`` is the training view of the ``protocol``:
+
+- ``"zero_shot"`` (the default; ZegFormer / ZSSeg / MAFT Tables 1, 2 and 4): the class spec's unseen
+  classes are unseen, and their pixels become ignore in the training view;
+- ``"open_vocabulary"`` (MAFT Tables 3 and 6, paper App. B: "all 171 classes are used for training"):
+  every class is seen, no pixel is mapped to ignore beyond the spec's own void values, and ``unseen``
+  is empty (evaluation then reports mIoU over all classes).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maft.classes import ClassSpec, FolderSpec, apply_lookup, load_class_spec
+from maft.classes import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
 from maft.paths import dataset_dir
 from maft.user_data import resolve_spec
 from maft.progress import progress_bar
@@ -46,37 +52,44 @@ class SegDataset(torch.utils.data.Dataset):
     """Image/label pairs of one split of one benchmark.
 
     Attributes: ``name``, ``classes`` (list of names, contiguous-id order), ``seen`` / ``unseen`` (class
-    indices), ``ignore_index`` (255, or 65535 for ADE-847 / PASCAL-Context-459 whose ids pass 255),
-    ``split``, ``mode``, ``folder`` (dataset folder), ``labels`` ("raw" | "contiguous"), ``items``.
+    indices under ``protocol``), ``ignore_index`` (255, or 65535 for ADE-847 / PASCAL-Context-459 whose
+    ids pass 255), ``split``, ``mode``, ``protocol``, ``folder`` (dataset folder), ``labels`` ("raw" |
+    "contiguous"), ``items``, ``prompts`` (the text put into the prompt templates for each class).
     A sample is ``{"image": uint8 [3,H,W] RGB, "label": int64 [H,W], "id", "image_path", "label_path"}``.
     """
 
     def __init__(self, name: str | ClassSpec, split: str, root: str | os.PathLike | None = None,
-                 mode: str = "eval", max_images: int | None = None):
+                 mode: str = "eval", max_images: int | None = None, protocol: str = "zero_shot"):
         spec = name if isinstance(name, ClassSpec) else load_class_spec(name)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_protocol(protocol)
         if max_images is not None and (not isinstance(max_images, int) or max_images < 1):
             raise ValueError(f"max_images must be a positive integer or None, got {max_images!r}")
         self.spec = spec
         self.name = spec.name
         self.classes = list(spec.classes)
-        self.seen = spec.seen_ids
-        self.unseen = spec.unseen_ids
+        zero_shot = protocol == "zero_shot"
+        self.seen = spec.seen_ids if zero_shot else list(range(spec.num_classes))
+        self.unseen = spec.unseen_ids if zero_shot else []
+        self.prompts = list(spec.prompt_names)
         self.ignore_index = spec.ignore_index
         self.split = split
         self.mode = mode
+        self.protocol = protocol
         self.folder, folder_spec = locate_dataset(spec, root)
         self.labels = folder_spec.labels
         self.items = list_split(self.folder, folder_spec, split)[:max_images]
-        # One table maps raw values straight to the requested view (unseen -> ignore when training).
-        self._table = spec.lookup_table(self.labels, drop_unseen=(mode == "train"))
+        # One table maps raw values straight to the requested view (unseen -> ignore when training
+        # zero-shot; the open-vocabulary protocol trains on every class).
+        self._table = spec.lookup_table(self.labels, drop_unseen=(mode == "train" and zero_shot))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __repr__(self) -> str:
-        return (f"SegDataset({self.name!r}, split={self.split!r}, mode={self.mode!r}, images={len(self)}, "
+        return (f"SegDataset({self.name!r}, split={self.split!r}, mode={self.mode!r}, "
+                f"protocol={self.protocol!r}, images={len(self)}, "
                 f"folder={str(self.folder)!r})")
 
     def __getitem__(self, index: int) -> dict:
@@ -102,18 +115,22 @@ class SegDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, mode: str = "eval",
-                  max_images: int | None = None) -> SegDataset:
-    """The ``split`` of benchmark ``name`` (one of :data:`DATASETS`) from the first data root holding it.
+                  max_images: int | None = None, protocol: str = "zero_shot") -> SegDataset:
+    """The ``split`` of benchmark ``name`` (one of :data:`DATASETS`) from the first data root holding it,
+    with the seen/unseen classes of ``protocol`` (see the module doc).
 
-    ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files).
-    ``name`` may also be your own dataset: a folder with ``images/``, ``masks/`` and ``classes.yaml``, that
-    class file, or a class-spec YAML path (see :mod:`maft.user_data`).
+    ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files;
+    zero-shot protocol only). ``name`` may also be your own dataset: a folder with ``images/``,
+    ``masks/`` and ``classes.yaml``, that class file, or a class-spec YAML path (see :mod:`maft.user_data`).
     """
+    check_protocol(protocol)
     if name == "world":
+        if protocol != "zero_shot":
+            raise ValueError(f"data.protocol={protocol!r}: the world dataset has the zero-shot protocol only")
         return WorldDataset(split=split, mode=mode, max_images=max_images, root=root)
     if name not in DATASETS:
-        return SegDataset(resolve_spec(name), split, root=root, mode=mode, max_images=max_images)
-    return SegDataset(name, split, root=root, mode=mode, max_images=max_images)
+        return SegDataset(resolve_spec(name), split, root=root, mode=mode, max_images=max_images, protocol=protocol)
+    return SegDataset(name, split, root=root, mode=mode, max_images=max_images, protocol=protocol)
 
 
 def locate_dataset(spec: ClassSpec, root: str | os.PathLike | None = None) -> tuple[Path, FolderSpec]:

@@ -3,7 +3,8 @@
 The same entry point runs on CPU, one GPU or many GPUs/nodes. Under ``torchrun`` (env ``WORLD_SIZE`` > 1)
 :class:`Distributed` creates a process group (gloo on CPU, nccl on CUDA). :class:`GlobalBatchSampler`
 splits every step's global batch into equal contiguous rank shards; the order depends on (seed, step)
-only, so resuming and changing the number of ranks see exactly the same images.
+only, so resuming and changing the number of ranks see exactly the same images (and, with
+``with_positions``, the same stream positions, which seed the training augmentation).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, num_images: int, global_batch: int, seed: int, start: int, iterations: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, with_positions: bool = False):
         if num_images < 1:
             raise ValueError("the training dataset is empty")
         if global_batch % world:
@@ -69,6 +70,7 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
                              f"processes ({world}) so that every rank gets the same share")
         self.num_images, self.global_batch, self.seed = num_images, global_batch, seed
         self.start, self.iterations, self.rank, self.world = start, iterations, rank, world
+        self.with_positions = with_positions  # yield (index, stream position) keys, e.g. to seed augmentation
         self._epoch, self._order = None, None
 
     def _position(self, position: int) -> int:
@@ -84,7 +86,13 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[int]]:
         share = self.global_batch // self.world
         for step in range(self.start, self.iterations):
-            yield self.global_indices(step)[self.rank * share:(self.rank + 1) * share]
+            first = self.rank * share
+            indices = self.global_indices(step)[first:first + share]
+            if self.with_positions:
+                start = step * self.global_batch + first
+                yield [(index, start + offset) for offset, index in enumerate(indices)]
+            else:
+                yield indices
 
     def __len__(self) -> int:
         return max(0, self.iterations - self.start)
@@ -103,8 +111,10 @@ class WithProposals(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index) -> dict:
         sample = self.dataset[index]
+        if "proposals" in sample:  # already read (and augmented) with the sample: see maft.augment
+            return sample
         return {**sample, "proposals": self.generator(sample)}
 
 

@@ -63,7 +63,7 @@ def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
     """The dataset for ``data[split_key]`` (``train_split`` or ``eval_split``) in ``mode``."""
     data = with_defaults(config)["data"]
     return build_dataset(data["dataset"], data[split_key], root=data["root"], mode=mode,
-                         max_images=data["max_images"])
+                         max_images=data["max_images"], protocol=data["protocol"])
 
 
 def build_generator(config: dict[str, Any], **extra):
@@ -76,10 +76,14 @@ def build_generator(config: dict[str, Any], **extra):
     return build_proposal_generator(proposals["kind"], **settings)
 
 
-def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu"):
-    """Text embeddings [C, D] for ``class_names`` with the config's prompt templates."""
+def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu",
+                          prompts: Sequence[str] | None = None):
+    """Text embeddings [C, D] for ``class_names`` with the config's prompt templates; ``prompts`` (one per
+    class) is the text the templates get where it differs from the name (a dataset's prompt names)."""
     templates = with_defaults(config)["text"]["templates"]
-    return text_classifier(model, tokenizer, class_names, templates=templates, device=device)
+    prompt_name = None if prompts is None else dict(zip(class_names, prompts, strict=True))
+    return text_classifier(model, tokenizer, class_names, templates=templates, device=device,
+                           prompt_name=prompt_name)
 
 
 def build_ipclip(config: dict[str, Any], visual: torch.nn.Module, checkpoint=None, **settings) -> IPCLIP:
@@ -174,8 +178,9 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
                      text_classes: str | Sequence[str] = "all", model=None, generator=None) -> Experiment:
     """The parts of ``config`` (defaults filled in).
 
-    ``split``: "eval" (``data.eval_split``, all labels), "train" (``data.train_split``, the zero-shot
-    training view: unseen pixels are ignore) or None (no dataset, e.g. predict on one image).
+    ``split``: "eval" (``data.eval_split``, all labels), "train" (``data.train_split``, the training view
+    of ``data.protocol``: zero-shot maps unseen pixels to ignore, open-vocabulary trains on every class)
+    or None (no dataset, e.g. predict on one image).
     ``text_classes``: "all" (the dataset's classes), "seen" (the seen ones, as in training) or a list of
     names. ``model``: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse; ``generator``: a
     ready proposal generator to use instead of the config's.
@@ -194,13 +199,18 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
             raise ValueError(f"text_classes must be 'all', 'seen' or a list of names, got {text_classes!r}")
         class_ids = list(range(len(dataset.classes))) if text_classes == "all" else list(dataset.seen)
         classes = [dataset.classes[i] for i in class_ids]
+        # the names the authors' registration files prompt with (e.g. VOC "tvmonitor" -> "tv")
+        dataset_prompts = getattr(dataset, "prompts", None)
+        prompts = None if dataset_prompts is None else [dataset_prompts[i] for i in class_ids]
     else:
-        classes, class_ids = list(text_classes), None
+        classes, class_ids, prompts = list(text_classes), None, None
+    # the generator before the text classifier: a missing proposal folder fails in a second, not after
+    # minutes of encoding prompts
+    generator = generator if generator is not None else build_generator(config)
     with torch.no_grad():
-        text = build_text_classifier(config, clip_model, tokenizer, classes, device=device)
+        text = build_text_classifier(config, clip_model, tokenizer, classes, device=device, prompts=prompts)
     return Experiment(config=config, device=device, model=clip_model, tokenizer=tokenizer, dataset=dataset,
-                      generator=generator if generator is not None else build_generator(config), text=text,
-                      classes=classes, class_ids=class_ids)
+                      generator=generator, text=text, classes=classes, class_ids=class_ids)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,7 +223,8 @@ def describe(config: dict[str, Any]) -> str:
     lines = [
         f"model:      {model['name']} (weights: {model['pretrained'] or 'random init'}) at {model['image_size']} px, "
         f"IP-CLIP start layer {model['start_layer'] if model['start_layer'] is not None else 'default'}",
-        f"data:       {data['dataset']} (train: {data['train_split']}, evaluation: {data['eval_split']})",
+        f"data:       {data['dataset']} (train: {data['train_split']}, evaluation: {data['eval_split']}; "
+        f"{data['protocol'].replace('_', '-')} protocol)",
         f"proposals:  {proposals['kind']} {proposals.get('settings') or ''}".rstrip(),
         f"text:       {config['text']['templates']} templates",
     ]

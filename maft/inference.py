@@ -23,7 +23,7 @@ import torch
 
 from .classes import check_class_names, class_key
 from .clip import clip_normalisation, preprocess_images
-from .masks import resize_masks
+from .masks import mask_on, resize_masks
 from .text import class_probabilities
 
 NO_PREDICTION = -1  # label of pixels no proposal covers; never a class id
@@ -72,7 +72,7 @@ def align_generator_scores(scores: torch.Tensor, generator_classes: Sequence[str
 
 
 def ensemble_scores(clip_probs: torch.Tensor, gen_probs: torch.Tensor | None, seen, lam: float | None,
-                    variant: str = "paper") -> torch.Tensor:
+                    variant: str = "paper", empty: torch.Tensor | None = None) -> torch.Tensor:
     """Geometric ensemble of CLIP scores A^c with generator scores A^p (paper Appendix A, eq. 9).
 
     ``variant="paper"`` (eq. 9 as printed)::
@@ -89,6 +89,8 @@ def ensemble_scores(clip_probs: torch.Tensor, gen_probs: torch.Tensor | None, se
     Table 2 setting). ``lam`` must lie in (0, 1]; 0 is refused because the authors' configs use weight 0
     to mean "ensemble off", while the formula would turn every unseen score into 1.
     ``gen_probs`` is [N, C] over the same classes (see :func:`align_generator_scores`; NaN = not scored).
+    ``empty`` (bool [N], optional): proposals with no pixel on; as in the authors' code their CLIP scores
+    are replaced by 1 before the ensemble, so they are ranked by A^p alone.
     """
     if gen_probs is None or lam is None:
         return clip_probs
@@ -102,6 +104,11 @@ def ensemble_scores(clip_probs: torch.Tensor, gen_probs: torch.Tensor | None, se
                          f"{tuple(clip_probs.shape)} differ in shape; align them with align_generator_scores")
     seen = seen_mask(seen, clip_probs.shape[1]).to(clip_probs.device)
     gen_probs = gen_probs.to(clip_probs)
+    if empty is not None:
+        empty = torch.as_tensor(empty, dtype=torch.bool, device=clip_probs.device)
+        if empty.shape != clip_probs.shape[:1]:
+            raise ValueError(f"empty must be bool [N={clip_probs.shape[0]}], got shape {tuple(empty.shape)}")
+        clip_probs = torch.where(empty[:, None], torch.ones_like(clip_probs), clip_probs)
     _require_scored(gen_probs, seen, "seen")
     seen_part = gen_probs.pow(lam) * clip_probs.pow(1.0 - lam)
     if variant == "paper":
@@ -276,8 +283,10 @@ class Segmenter:
         if tuple(masks.shape[-2:]) != (height, width):
             masks = resize_masks(masks, (height, width))  # proposals made at the generator's resolution
         clip_probs = self.classify(image, masks)
+        # a proposal with no pixel on at image resolution gets CLIP score 1 in the ensemble (the authors)
+        empty = ~mask_on(masks).flatten(1).any(dim=1) if self.ensemble_lambda is not None else None
         probs = ensemble_scores(clip_probs, *self._generator_scores(proposals, clip_probs),
-                                variant=self.variant)
+                                variant=self.variant, empty=empty)
         label_map = semantic_map(probs, masks.to(probs.device))
         return Segmentation(label_map.cpu(), probs, clip_probs, masks, proposals)
 

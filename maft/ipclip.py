@@ -18,7 +18,8 @@ Conventions (decided here, tested in tests/test_ipclip.py):
 
 * Proposals are resized to the patch grid with :func:`maft.masks.binarize_masks`: bilinear
   interpolation (``align_corners=False``, no antialias, as the authors do), and a patch is *on* when the
-  resized value is strictly ``> 0.5`` (a 2x2 block with exactly half its pixels on is off).
+  resized value is ``>= 0.5``, as in the authors' code, which blocks attention where the value is
+  ``< 0.5`` (a 2x2 block with exactly half its pixels on is on).
 * ``start_layer`` L counts blocks from 0: blocks ``L .. depth-1`` use mask attention. ``L = 0`` masks every
   block; ``L = depth`` is allowed and means *no* mask attention at all: every proposal then gets the
   plain image embedding (a useful ablation end point, paper Tab. 4e). Default ``round(depth * 8 / 12)``

@@ -1,28 +1,36 @@
 """Mask-aware fine-tuning of IP-CLIP (paper Sec. 4.2 and 5.1): ``finetune(config)``.
 
-One training step, for a global batch of B training images (``mode="train"``: unseen pixels are 255):
+One training step, for a global batch of B training images:
 
-1. proposals from the config's generator (ground-truth-derived ones by default), images resized whole
-   to the tower's input size;
-2. IP-CLIP on (images, proposal masks) -> class probabilities over the SEEN class names only
-   (C = |C_seen| during training, paper Sec. 3) -> mask-aware loss L_ma (eq. 5-7);
+1. the training view of ``data.protocol`` (zero-shot: unseen pixels are 255; open-vocabulary: every
+   class is trained), augmented as the authors; proposals from the config's generator
+   (ground-truth-derived ones by default); images resized whole to the tower's input size;
+2. IP-CLIP on (images, proposal masks) -> class probabilities over the training class names only
+   (C = |C_seen| during zero-shot training, paper Sec. 3) -> mask-aware loss L_ma (eq. 5-7);
 3. IP-CLIP's no-mask mode and a frozen copy of the original tower on the same images ->
    probabilities -> self-distillation loss L_dis (eq. 8);
-4. loss = L_ma + distill_weight * L_dis; AdamW, poly learning rate (power 0.9), gradient-norm clipping.
+4. loss = L_ma + distill_weight * L_dis, assembled by :func:`maft.losses.maft_objective`; AdamW (no
+   weight decay on norm parameters, as the authors), poly learning rate (power 0.9), gradient-norm
+   clipping.
 
-How the batch is averaged (and why it is exact under data parallelism): each image's L_ma is the mean
-over its K x N compared entries; the step's L_ma is the mean over the images of the *global* batch
-that have at least one qualifying seen class (images with no seen class, or whose classes all have
-constant IoU rows, contribute no L_ma but still their L_dis). L_dis is the mean over all images.
-The counts are all-reduced before the backward pass, so N ranks x B/N images give the same gradient
-as 1 rank x B images, and micro-batches (``micro_batch_size``) the same as one pass.
+How the batch is averaged (``train.loss_reduction``, see :mod:`maft.losses`): by default as the
+authors, one mean of L_ma over every (class, proposal) pair of the *global* batch; ``image`` averages
+per image first. L_dis is the mean over the global batch's [B, C] entries. The denominators are
+all-reduced before the backward pass and every chunk's loss is its exact share of the batch loss, so
+N ranks x B/N images give the same gradient as 1 rank x B images, and micro-batches
+(``micro_batch_size``) the same as one pass.
+
+Training images go through the authors' augmentation (:mod:`maft.augment`, ``train.augmentation``),
+seeded by (seed, position in the image stream), so it too is the same for any number of ranks,
+workers or a resumed run.
 
 Distributed: the same entry point runs on CPU, one GPU or many GPUs/nodes (:mod:`maft.distributed`);
 under ``torchrun`` the student is wrapped in DistributedDataParallel. Which parameters train is
 :mod:`maft.trainable`; what is saved and how a run resumes bit-exactly is :mod:`maft.checkpoints`.
 
-Kept frozen and in eval mode: the text tower, the proposal generator, the teacher and the frozen
-units. The student runs in eval mode too: CLIP towers have no dropout, and a ResNet tower's batch-norm
+Kept frozen and in eval mode: the text tower, the proposal generator, the teacher (see
+``_frozen_teacher`` for why its attention modules are in training mode) and the frozen units. The
+student runs in eval mode too: CLIP towers have no dropout, and a ResNet tower's batch-norm
 statistics are frozen units (their affine weights train when "norm" is selected).
 """
 from __future__ import annotations
@@ -44,17 +52,17 @@ import torch
 import yaml
 from torch import nn
 
+from .augment import AugmentedDataset, TrainAugmentation, augmentation_settings
 from .checkpoints import load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
 from .clip import clip_normalisation, preprocess_images, tower_input_size
 from .config import training_config, with_defaults
 from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collate_samples, seed_everything,
                           seed_worker)
 from .experiment import build_experiment, build_ipclip
-from .losses import iou_targets, mask_aware_loss_from_targets, self_distillation_loss
+from .losses import batch_denominators, iou_targets, maft_objective
 from .paths import check_output_path, resolve_output_path
 from .progress import progress_bar
-from .text import class_probabilities
-from .trainable import set_trainable
+from .trainable import norm_parameter_names, set_trainable
 
 
 RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "checkpoint_every"),
@@ -227,18 +235,20 @@ def _train_step(parts: TrainingRun, samples: list[dict], step: int) -> dict[str,
     """Forward/backward/update for this rank's share of one global batch; returns global stats."""
     cfg, device, ddp = parts.config["train"], parts.device, parts.dist
     distill = cfg["distill_weight"] > 0
-    # Proposals and the detached IoU targets need no model: compute them first, so the global number of
-    # images with an L_ma term is known before any backward pass.
+    # Proposals and the detached IoU targets need no model: compute them first, so the global
+    # denominators of the objective are known before any backward pass.
     masks, targets = [], []
     for sample in samples:
         proposals = sample["proposals"] if "proposals" in sample else parts.generator(sample)
         proposal_masks = proposals.masks.float().to(device)
         masks.append(proposal_masks)
-        targets.append(iou_targets(proposal_masks, sample["label"].to(device), parts.seen,
-                                   len(parts.seen), ignore_index=parts.ignore_index))
-    counts = torch.tensor([float(sum(t[0].numel() > 0 for t in targets)), float(len(samples)),
-                           float(sum(t[0].numel() for t in targets))], dtype=torch.float64, device=device)
-    ma_images, num_images, ma_classes = ddp.all_sum(counts).tolist()
+        columns, target, _ = iou_targets(proposal_masks, sample["label"].to(device), parts.seen, len(parts.seen),
+                                         ignore_index=parts.ignore_index, constant_rows=cfg["constant_iou_rows"])
+        targets.append((columns, target))
+    local = torch.cat([batch_denominators(targets, cfg["loss"], cfg["loss_reduction"]),
+                       torch.tensor([float(sum(c.numel() > 0 for c, _ in targets)),
+                                     float(sum(c.numel() for c, _ in targets))], dtype=torch.float64)])
+    ma_denominator, num_images, ma_images, ma_classes = ddp.all_sum(local.to(device)).tolist()
 
     parts.optimizer.zero_grad(set_to_none=True)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -250,38 +260,30 @@ def _train_step(parts: TrainingRun, samples: list[dict], step: int) -> dict[str,
         with no_sync():
             with parts.autocast():
                 proposal_embeddings, plain, anchor = parts.student(images, [masks[i] for i in chunk], distill)
+                teacher = None
                 if distill:
                     with torch.no_grad():
                         teacher = parts.teacher(images)
-            text = parts.text
-            ma_sum = anchor
-            for embeddings, i in zip(proposal_embeddings, chunk):
-                probs = class_probs(embeddings, text)
-                ma_sum = ma_sum + mask_aware_loss_from_targets(probs, *targets[i][:2], kind=cfg["loss"])
-            dis_sum = anchor
-            if distill:
-                student_probs = class_probs(plain, text)
-                teacher_probs = class_probs(teacher, text)
-                dis_sum = self_distillation_loss(student_probs, teacher_probs, kind=cfg["distill_loss"]) * len(chunk)
-            chunk_totals = ddp.all_sum(torch.stack([ma_sum.detach(), dis_sum.detach()]).double())
+            # L = L_ma + lambda L_dis (maft.losses): this chunk's exact share of the global batch's loss
+            terms = maft_objective(list(proposal_embeddings), [targets[i] for i in chunk], parts.text, plain,
+                                   teacher, kind=cfg["loss"], distill_kind=cfg["distill_loss"],
+                                   distill_weight=cfg["distill_weight"], reduction=cfg["loss_reduction"],
+                                   denominators=(ma_denominator, num_images))
+            chunk_totals = ddp.all_sum(torch.stack([terms.ma_sum, terms.dis_sum]).double())
             _check_finite(chunk_totals, step, cfg["iterations"])
             totals += chunk_totals
-            # Scaled so that summing over chunks and averaging over ranks (DDP) gives global means.
-            loss = (ma_sum / max(ma_images, 1.0) + cfg["distill_weight"] * dis_sum / num_images) * ddp.world
+            # DDP averages gradients over ranks; the shares add up, so scale the mean back to the sum.
+            loss = (terms.loss + anchor) * ddp.world
             scaler = parts.scaler
             (scaler.scale(loss) if scaler is not None else loss).backward()
 
     lr = parts.optimizer.param_groups[0]["lr"]
     grad_norm = _clip_and_step(parts, cfg, step)
     parts.scheduler.step()
-    loss_ma = totals[0].item() / max(ma_images, 1.0)
+    loss_ma = totals[0].item() / max(ma_denominator, 1.0)
     loss_dis = totals[1].item() / num_images if distill else 0.0
     return {"loss": loss_ma + cfg["distill_weight"] * loss_dis, "loss_ma": loss_ma, "loss_dis": loss_dis,
             "ma_images": int(ma_images), "ma_classes": int(ma_classes), "grad_norm": grad_norm, "lr": lr}
-
-
-def class_probs(embeddings: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    return class_probabilities(embeddings.float(), text)
 
 
 def _check_finite(totals: torch.Tensor, step: int, iterations: int) -> None:
@@ -423,18 +425,20 @@ def _build_parts(config: dict, device: torch.device, ddp: Distributed) -> Traini
     model = experiment.model
     model.requires_grad_(False)  # text tower and everything else frozen; the chosen units re-enabled below
     visual = model.visual
-    teacher = None
-    if cfg["distill_weight"] > 0:
-        teacher = copy.deepcopy(visual).eval().requires_grad_(False)  # the original tower, frozen
     trained = set_trainable(visual, cfg["trainable"])
+    teacher = _frozen_teacher(visual) if cfg["distill_weight"] > 0 else None
     student: nn.Module = Student(build_ipclip(config, visual))
     if ddp.active:
         student = nn.parallel.DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=False)  # Student's anchor keeps every trainable parameter used
-    chosen = set(trained)
-    params = [p for name, p in visual.named_parameters() if name in chosen]
-    optimizer = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    # As the authors' optimiser: no weight decay on normalisation layers, train.weight_decay elsewhere.
+    chosen, norms = set(trained), set(norm_parameter_names(visual))
+    groups = [{"params": [p for name, p in visual.named_parameters() if name in chosen and name not in norms],
+               "weight_decay": cfg["weight_decay"]},
+              {"params": [p for name, p in visual.named_parameters() if name in chosen and name in norms],
+               "weight_decay": cfg["norm_weight_decay"]}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg["lr"])
     iterations, power = cfg["iterations"], cfg["lr_power"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / iterations) ** power)
@@ -446,12 +450,36 @@ def _build_parts(config: dict, device: torch.device, ddp: Distributed) -> Traini
         optimizer=optimizer, scheduler=scheduler, scaler=scaler, amp_dtype=amp_dtype)
 
 
+def _frozen_teacher(visual: nn.Module) -> nn.Module:
+    """A copy of the original tower that computes exactly what the untrained student computes.
+
+    The teacher is frozen by never being optimised and always running under ``torch.no_grad()``. It
+    keeps the student's ``requires_grad`` flags because PyTorch picks matmul and attention kernels by
+    them (a parameter's flag stays set under no_grad), and its attention modules are put in training
+    mode to keep nn.MultiheadAttention off its fused inference kernel (CLIP attention has no dropout). Both
+    round differently otherwise, and L_dis would start at ~1e-15 instead of exactly 0 (eq. 8 at step 0).
+    """
+    teacher = copy.deepcopy(visual).eval()
+    for module in teacher.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            module.train()
+    return teacher
+
+
 def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> torch.utils.data.DataLoader:
     cfg = config["train"]
+    augmentation = augmentation_settings(cfg["augmentation"])
+    kind = with_defaults(config)["proposals"]["kind"]
     sampler = GlobalBatchSampler(len(parts.dataset), cfg["batch_size"], int(config["seed"]), start,
-                                 cfg["iterations"], ddp.rank, ddp.world)
+                                 cfg["iterations"], ddp.rank, ddp.world, with_positions=augmentation is not None)
     dataset = parts.dataset
-    if cfg["num_workers"] and with_defaults(config)["proposals"]["kind"] in WithProposals.KINDS:
+    if augmentation is not None:
+        # proposals read from files were made on the original image: they are read first and moved
+        # with it; every other generator runs on the augmented sample (as the authors' does)
+        precomputed = parts.generator if kind == "file" or kind.startswith("file:") else None
+        dataset = AugmentedDataset(dataset, TrainAugmentation(parts.ignore_index, **augmentation),
+                                   int(config["seed"]), precomputed)
+    if cfg["num_workers"] and kind in WithProposals.KINDS:
         dataset = WithProposals(dataset, parts.generator)
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate_samples, num_workers=cfg["num_workers"],

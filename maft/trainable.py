@@ -1,8 +1,9 @@
 """Which parameters of a vision tower MAFT trains: the units of the paper's Table 4d, by name pattern.
 
-The default, ``["attn", "norm"]``, is the authors' code: every block's attention and both layer norms
-and the final norm train; the patch embedding (with ``ln_pre``), class and positional embeddings, MLPs
-and the projection stay frozen.
+The default, ``["attn", "norm"]``, is the authors' code, the "+ proj." row of Tab. 4d: every block's
+attention and both layer norms and the final norm train; the patch embedding (with ``ln_pre``), class
+and positional embeddings, MLPs and the projection stay frozen. The paper's default row ("+ conv.")
+also trains the projection: ``["attn", "norm", "proj"]``.
 """
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ def trainable_parameter_names(visual: nn.Module, units: Sequence[str]) -> list[s
     if not names:
         raise ValueError(f"trainable units {list(units)} select no parameter of this {type(visual).__name__}")
     return names
+
+
+NORM_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.modules.batchnorm._NormBase)
+
+
+def norm_parameter_names(visual: nn.Module) -> list[str]:
+    """Names of the parameters that belong to normalisation layers (LayerNorm, BatchNorm, GroupNorm ...),
+    by module type as the authors' optimiser finds them; they get ``train.norm_weight_decay``."""
+    return [f"{module_name}.{name}" if module_name else name
+            for module_name, module in visual.named_modules() if isinstance(module, NORM_MODULES)
+            for name, _ in module.named_parameters(recurse=False)]
 
 
 def set_trainable(visual: nn.Module, units: Sequence[str]) -> list[str]:

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .ipclip import class_token_attention_mask
-from .masks import binarize_masks
+from .masks import binarize_masks, mask_on
 
 from .display import enable_notebook_figures
 
@@ -158,7 +158,7 @@ def highlight_mask(image, mask, dim: float = 0.3, colour=(255, 64, 64), rim_widt
     """uint8 [H, W, 3]: the proposal's pixels as they are, everything else darkened, a coloured rim
     (``rim_width`` pixels; default about 1/150 of the shorter side, so it stays visible when scaled)."""
     pixels = as_hwc_uint8(image).astype(np.float32)
-    on = (mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)) > 0.5
+    on = mask_on(torch.as_tensor(mask).detach().cpu()).numpy()
     if on.shape != pixels.shape[:2]:
         raise ValueError(f"mask {on.shape} and image {pixels.shape[:2]} differ in size")
     pixels[~on] *= dim

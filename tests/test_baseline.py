@@ -20,7 +20,7 @@ def slow_sub_image(image, mask, merge, size):
     """One sub-image built by hand, one proposal at a time (the reference for the batched code)."""
     height, width = image.shape[1:]
     soft = F.interpolate(mask[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-    on = soft[0, 0] > 0.5
+    on = soft[0, 0] >= 0.5
     if not on.any():
         return torch.zeros(3, size, size)
     if merge in ("mask", "mask_and_crop"):
@@ -125,9 +125,9 @@ def test_mask_mode_keeps_whole_image_and_blanks_outside():
 
 
 def test_threshold_matches_ipclip_rule():
-    # 0.5 exactly is off, as in IP-CLIP (strictly greater than the threshold).
+    # 0.5 exactly is on, as in IP-CLIP (and the authors' code, which blocks values below 0.5).
     masks = torch.tensor([[[0.5, 0.51], [0.49, 1.0]]])
-    assert binarize_masks(masks, (2, 2)).tolist() == [[[False, True], [False, True]]]
+    assert binarize_masks(masks, (2, 2)).tolist() == [[[True, True], [False, True]]]
 
 
 def test_resnet_tower():

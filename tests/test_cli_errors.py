@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import maft.train as train_module
+import maft.losses as losses_module
 from maft.cli import main
 from maft.train import NonFiniteLossError
 
@@ -58,7 +58,7 @@ def test_debug_shows_the_traceback_before_or_after_the_command(capsys, bad_yaml,
 
 def test_a_non_finite_loss_is_reported_as_a_user_error(capsys, monkeypatch, tmp_path):
     # Too high a learning rate is the usual cause: the user changes a setting, so one line, no traceback.
-    monkeypatch.setattr(train_module, "self_distillation_loss",
+    monkeypatch.setattr(losses_module, "self_distillation_loss",
                         lambda student, teacher, kind: student.sum() * float("nan"))
     err = one_line_error(capsys, ["train", "--config", "voc20_tiny_cpu", "--no-progress",
                                   "--set", "data.max_images=2", "--set", "train.batch_size=2",

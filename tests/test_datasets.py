@@ -226,6 +226,57 @@ def test_coco128_loads_as_coco_stuff_train_with_contiguous_ids():
     assert not any(np.isin(training.label_array(i), training.unseen).any() for i in range(len(training)))
 
 
+def test_open_vocabulary_protocol_maps_no_class_to_ignore_and_zero_shot_exactly_the_unseen():
+    spec = load_class_spec("coco_stuff171")
+    ids = np.arange(171)
+    zero_shot = build_dataset("coco_stuff171", "train", mode="train")
+    open_vocabulary = build_dataset("coco_stuff171", "train", mode="train", protocol="open_vocabulary")
+    # every contiguous class id through each training view's table (the shared sample stores contiguous ids)
+    assert (open_vocabulary.map_labels(ids) == ids).all()
+    ignored = ids[zero_shot.map_labels(ids) == 255]
+    assert sorted(ignored.tolist()) == spec.unseen_ids and len(ignored) == 15
+    assert [spec.classes[i] for i in ignored] == ["cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot",
+                                                  "scissors", "cardboard", "clouds", "grass", "playingfield",
+                                                  "river", "road", "tree", "wall-concrete"]
+    assert open_vocabulary.seen == list(range(171)) and open_vocabulary.unseen == []
+    assert len(zero_shot.seen) == 156 and zero_shot.unseen == spec.unseen_ids
+    # on the images: 18 of the 128 hold an unseen thing; the open-vocabulary view keeps all of their pixels
+    evaluation = build_dataset("coco_stuff171", "train")
+    kept = 0
+    for index in range(len(evaluation)):
+        label = evaluation.label_array(index)
+        assert (open_vocabulary.label_array(index) == label).all()
+        kept += bool(np.isin(label, spec.unseen_ids).any())
+    assert kept == 18
+    with pytest.raises(ValueError, match="data.protocol must be one of zero_shot, open_vocabulary"):
+        build_dataset("coco_stuff171", "train", protocol="openvocab")
+    with pytest.raises(ValueError, match="world dataset has the zero-shot protocol only"):
+        build_dataset("world", "train", protocol="open_vocabulary")
+
+
+def test_prompt_names_follow_the_authors_registration_and_display_names_stay():
+    voc = load_class_spec("voc20")
+    assert voc.classes[15] == "pottedplant" and voc.classes[19] == "tvmonitor"       # display, metrics
+    assert voc.prompt_names[15] == "potted plant" and voc.prompt_names[19] == "tv"   # text prompts
+    assert voc.prompt_names[10] == "diningtable"  # ZegFormer and the authors keep it glued
+    pc459 = load_class_spec("pc459")
+    assert pc459.prompt_names[2] == "air conditioner" and pc459.classes[2] == "airconditioner"
+    assert sum(a != b for a, b in zip(pc459.classes, pc459.prompt_names)) == 94
+    ade150 = load_class_spec("ade150")
+    assert ade150.prompt_names[89] == "tv" and ade150.prompt_names[8] == "window"
+    assert sum(a != b for a, b in zip(ade150.classes, ade150.prompt_names)) == 42
+    for name in ("coco_stuff171", "pc59", "ade847"):  # checked equal to the authors' names
+        spec = load_class_spec(name)
+        assert spec.prompt_names == spec.classes, name
+    assert build_dataset("voc20", "val").prompts[19] == "tv"
+    with pytest.raises(ValueError, match="prompts name classes that are not in classes"):
+        spec_from_dict({"name": "x", "classes": ["a", "b"], "label_map": {"raw_ids": [1, 2]},
+                        "prompts": {"c": "d"}})
+    with pytest.raises(ValueError, match="prompt names has duplicate class names"):
+        spec_from_dict({"name": "x", "classes": ["a", "b"], "label_map": {"raw_ids": [1, 2]},
+                        "prompts": {"a": "b"}})
+
+
 def test_grayscale_image_is_converted_to_three_channels():
     dataset = build_dataset("coco_stuff171", "train")
     index = [item.id for item in dataset.items].index("000000000086")
@@ -421,3 +472,22 @@ def test_segdataset_accepts_a_spec_object(tmp_path):
     spec = spec_from_dict(_spec_dict())
     dataset = SegDataset(spec, "train", root=tmp_path, mode="train")
     assert dataset[0]["label"][0, :4].tolist() == [255, 0, 1, 255]  # 'c' (raw 3) is unseen
+
+
+def test_text_classifier_of_a_dataset_prompts_with_the_prompt_names():
+    from maft.config import load
+    from maft.experiment import build_experiment
+    from maft.text import text_classifier
+
+    experiment = build_experiment(load("voc20_tiny_cpu"), split="eval")
+    assert experiment.classes[19] == "tvmonitor"  # display name kept
+    model, tokenizer = experiment.model, experiment.tokenizer
+    prompted = text_classifier(model, tokenizer, ["tv", "potted plant"], templates="single", cache=False)
+    torch.testing.assert_close(experiment.text[[19, 15]], prompted)
+    plain = text_classifier(model, tokenizer, ["tvmonitor"], templates="single", cache=False)
+    assert not torch.allclose(experiment.text[19], plain[0])
+    # the training view's text rows are the seen classes, prompted the same way
+    training = build_experiment(load("voc20_tiny_cpu"), split="train", text_classes="seen",
+                                model=(model, None, tokenizer))
+    assert training.classes == [experiment.classes[i] for i in training.dataset.seen]
+    torch.testing.assert_close(training.text, experiment.text[training.dataset.seen])

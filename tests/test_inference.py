@@ -65,6 +65,20 @@ def test_ensemble_clip_only_and_bad_inputs():
     torch.testing.assert_close(ensemble_scores(CLIP, GEN, [0, 1], 0.75), ensemble_scores(CLIP, GEN, SEEN, 0.75))
 
 
+def test_ensemble_gives_empty_proposals_clip_score_one():
+    # the authors: map_back_clip_cls = ones, then the CLIP scores of the proposals with a pixel on
+    empty = torch.tensor([True, False])
+    out = ensemble_scores(CLIP, GEN, SEEN, 0.75, variant="zsseg", empty=empty)
+    ones = CLIP.clone()
+    ones[0] = 1.0
+    torch.testing.assert_close(out, ensemble_scores(ones, GEN, SEEN, 0.75, variant="zsseg"))
+    assert out[0, 0].item() == pytest.approx(2.0 ** -3)           # A^p^0.75 * 1
+    assert out[0, 2].item() == pytest.approx(2.0 ** -1)           # A^p^0.25 * 1
+    torch.testing.assert_close(out[1], ensemble_scores(CLIP, GEN, SEEN, 0.75, variant="zsseg")[1])
+    with pytest.raises(ValueError, match="empty must be bool"):
+        ensemble_scores(CLIP, GEN, SEEN, 0.75, empty=torch.tensor([True]))
+
+
 def test_generator_columns_are_mapped_by_name():
     # A generator trained on the seen classes scores only those, in its own order.
     scores = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
@@ -199,6 +213,15 @@ def test_segmenter_pipeline_with_ensemble():
     expected = ensemble_scores(clip, aligned, [0, 1], 0.6)
     torch.testing.assert_close(result.probs, expected)
     assert torch.equal(result.label_map, semantic_map(expected, masks))
+    # a proposal with no pixel at or above 0.5 is empty: CLIP score 1 in the ensemble
+    with_empty = torch.cat([masks, torch.full((1, 6, 6), 0.4)])
+    generator = FixedGenerator(Proposals(masks=with_empty, scores=torch.cat([gen_scores, gen_scores[:1]]),
+                                         classes=["green", "red"]))
+    result = Segmenter(MeanColourClassifier(), generator, _colour_text(), image_size=8, seen=[0, 1],
+                       ensemble_lambda=0.6, classes=classes)({"image": image, "id": "x"})
+    torch.testing.assert_close(result.probs, ensemble_scores(torch.cat([clip, torch.ones(1, 3)]),
+                                                             torch.cat([aligned, aligned[:1]]), [0, 1], 0.6))
+    assert result.probs[2, 1].item() == pytest.approx(0.9 ** 0.6)
     # CLIP only: no generator scores needed
     plain = Segmenter(MeanColourClassifier(), FixedGenerator(Proposals(masks=masks)), _colour_text(), 8)
     assert torch.equal(plain({"image": image}).probs, clip)

@@ -92,19 +92,20 @@ def test_default_start_layer_scales_with_depth():
     assert IPCLIP(tiny_vit()).start_layer == 4
 
 
-def test_resize_masks_to_grid_bilinear_and_strict_threshold():
+def test_resize_masks_to_grid_bilinear_and_threshold_at_or_above_half():
     # 8x8 -> 4x4 bilinear (align_corners=False) averages each 2x2 block exactly.
     mask = torch.zeros(1, 8, 8)
     mask[0, 0:2, 0:2] = torch.tensor([[1.0, 1.0], [1.0, 0.0]])   # 0.75 -> on
-    mask[0, 0:2, 2:4] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])   # 0.5  -> off (strict > 0.5)
+    mask[0, 0:2, 2:4] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])   # 0.5  -> on (>= 0.5, as the authors)
+    mask[0, 2:4, 0:2] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])   # 0.25 -> off
     mask[0, 6:8, 6:8] = 1.0                                       # 1.0  -> on
     expected = torch.zeros(1, 4, 4, dtype=torch.bool)
-    expected[0, 0, 0] = expected[0, 3, 3] = True
+    expected[0, 0, 0] = expected[0, 0, 1] = expected[0, 3, 3] = True
     assert torch.equal(resize_masks_to_grid(mask, (4, 4)), expected)
     # 2x2 -> 4x4 upsampling: source coordinates -0.25, 0.25, 0.75, 1.25 (clamped); values 1, .75, .25, 0.
     small = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
     expected = torch.zeros(1, 4, 4, dtype=torch.bool)
-    expected[0, :2, :2] = True                                    # 1, .75, .75, .5625 are > .5
+    expected[0, :2, :2] = True                                    # 1, .75, .75, .5625 are >= .5
     assert torch.equal(resize_masks_to_grid(small, (4, 4)), expected)
     assert torch.equal(resize_masks_to_grid(small.bool(), (4, 4)), expected)
 
@@ -133,7 +134,7 @@ def test_vit_equals_slow_per_proposal_reference(vit, start_layer, grid):
             result = ipclip(images, masks)
         assert isinstance(result, ProposalEmbeddings) and len(result) == len(counts)
         for b, n in enumerate(counts):
-            on_grid = masks[b] > 0.5
+            on_grid = masks[b] >= 0.5
             assert result[b].shape == (n, 32)
             assert torch.equal(result.empty[b], ~on_grid.flatten(1).any(1))
             torch.testing.assert_close(result[b], reference_vit(visual, images[b], on_grid, layer), **TOL)
@@ -159,7 +160,7 @@ def test_vit_with_layer_scale_final_ln_after_pool_and_sequence_first_layout():
     with torch.no_grad():
         result = ipclip(images, masks)
         for b in range(2):
-            torch.testing.assert_close(result[b], reference_vit(visual, images[b], masks[b] > 0.5, 3), **TOL)
+            torch.testing.assert_close(result[b], reference_vit(visual, images[b], masks[b] >= 0.5, 3), **TOL)
         # The same weights run sequence-first ([T, B, D]) by the tower: IP-CLIP follows the layout.
         visual.transformer.batch_first = False
         for block in visual.transformer.resblocks:
@@ -336,7 +337,7 @@ def test_resnet_equals_slow_reference_and_full_mask_equals_plain(resnet):
     with torch.no_grad():
         result = ipclip(images, masks)
         for b, n in enumerate(counts):
-            torch.testing.assert_close(result[b], reference_resnet(resnet, images[b], masks[b] > 0.5), **TOL)
+            torch.testing.assert_close(result[b], reference_resnet(resnet, images[b], masks[b] >= 0.5), **TOL)
         full = ipclip(images, [torch.ones(1, 7, 7)] * 3)
         plain = resnet(images)
     assert result.empty[2].tolist() == [True, False, False, False, False]

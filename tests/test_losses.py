@@ -55,8 +55,8 @@ def test_soft_iou_rejects_mismatched_sizes():
 
 def test_minmax_normalise_eq5_and_edge_cases():
     scores = torch.tensor([[0.2, 0.6, 0.4],
-                           [0.3, 0.3, 0.3],     # all equal: skipped, never 0/0
-                           [0.0, 0.0, 0.0],     # class covered by no proposal: skipped
+                           [0.3, 0.3, 0.3],     # all equal: target 0 (the authors' +1e-8), never 0/0
+                           [0.0, 0.0, 0.0],     # class covered by no proposal: target 0
                            [-1.0, 1.0, 0.0]])
     normalised, valid = minmax_normalise(scores)
     assert valid.tolist() == [True, False, False, True]
@@ -116,15 +116,24 @@ def test_label_value_beyond_probs_columns_is_an_error():
         mask_aware_loss(PROBS[:, :1], MASKS, LABEL)
 
 
-def test_constant_iou_row_is_skipped():
+def test_constant_iou_row_is_kept_with_zero_target_by_default_or_skipped():
     label = torch.tensor([[0, 0], [1, 2]])  # class 2 on p3, which no proposal touches -> IoUs all 0
     masks = flat([[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 1, 0]])
-    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.0]])
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.5, 0.3]])
+    # Class 0's third IoU is 1/(2+2-1), class 1's 1/(1+2-1).
+    seen_rows = 0.01 + 0.04 + (0.5 - 1 / 3) ** 2 + 0.01 + 0.04 + 0.0
+    # The authors (default): class 2 stays, target (0 - 0) / (0 + 1e-8) = 0, against A^c = [0, 0, 0.3].
     loss, count = mask_aware_loss(probs, masks, label, return_count=True)
+    assert count == 3
+    assert loss.item() == pytest.approx(0.5 * (seen_rows + 0.09) / 9, abs=1e-6)
+    columns, target, _ = iou_targets(masks, label)
+    assert columns.tolist() == [0, 1, 2] and target[2].tolist() == [0.0, 0.0, 0.0]
+    # The setting: the row carries no ranking and is dropped.
+    loss, count = mask_aware_loss(probs, masks, label, return_count=True, constant_rows="skip")
     assert count == 2
-    # Same two rows as the hand case except class 0's third IoU: 1/(2+2-1) and class 1's 1/(1+2-1).
-    expected = 0.5 * (0.01 + 0.04 + (0.5 - 1 / 3) ** 2 + 0.01 + 0.04 + 0.0) / 6
-    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert loss.item() == pytest.approx(0.5 * seen_rows / 6, abs=1e-6)
+    with pytest.raises(ValueError, match="constant_rows"):
+        iou_targets(masks, label, constant_rows="drop")
 
 
 def test_no_qualifying_class_gives_attached_zero():

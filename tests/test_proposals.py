@@ -44,16 +44,17 @@ def test_proposal_iou_hand_computed():
                           [1, 1, 0, 0],
                           [255, 255, 2, 2],
                           [0, 0, 2, 2]])
-    masks = torch.zeros(4, 4, 4)
+    masks = torch.zeros(5, 4, 4)
     masks[0, :2, :2] = 1                 # exactly class 1
     masks[1, :3, :2] = 1                 # class 1 plus two void pixels
     masks[2, :2, :3] = 0.7               # soft: class 1 plus two class-0 pixels (0.7 > 0.5 is on)
-    masks[3, :2, :2] = 0.5               # 0.5 is not above the threshold: empty mask
+    masks[3, :2, :2] = 0.5               # 0.5 is on (>= 0.5, maft.masks.mask_on): exactly class 1
+    masks[4, :2, :2] = 0.49              # below the threshold: an empty mask
     iou = proposal_iou(masks, label, 1)
-    assert torch.allclose(iou, torch.tensor([1.0, 4 / 6, 4 / 6, 0.0]))
+    assert torch.allclose(iou, torch.tensor([1.0, 4 / 6, 4 / 6, 1.0, 0.0]))
     # evaluation-style: void pixels are don't-care
     iou = proposal_iou(masks, label, 1, exclude_ignored=True)
-    assert torch.allclose(iou, torch.tensor([1.0, 1.0, 4 / 6, 0.0]))
+    assert torch.allclose(iou, torch.tensor([1.0, 1.0, 4 / 6, 1.0, 0.0]))
     # a class absent from the label with an empty mask: empty union gives 0, not NaN
     assert proposal_iou(torch.zeros(1, 4, 4), label, 7).tolist() == [0.0]
 
@@ -346,7 +347,7 @@ def test_npz_round_trip(tmp_path):
 
 
 def test_coco_rle_json_round_trip(tmp_path):
-    masks = (soft_proposals().masks > 0.5).float()
+    masks = (soft_proposals().masks >= 0.5).float()
     proposals = Proposals(masks=masks, scores=soft_proposals().scores, classes=["cat", "dog", "sky"])
     save_proposals(tmp_path / "a.json", proposals, confidence=torch.tensor([0.1, 0.9, 0.5, 0.7]))
     loaded = load_proposals(tmp_path / "a.json", image_size=(9, 11))

@@ -5,9 +5,12 @@ forward on exactly the images one rank sees, so DDP must match it to float preci
 all-reduce of two shards is the same sum as accumulating them). A plain 1-process run forwards all B
 images at once; the kernels then round differently in the last bits, and AdamW's per-element update
 m / (sqrt(v) + eps) turns rounding noise in near-zero gradient elements (e.g. the attention key bias,
-whose true gradient is exactly 0) into parameter differences of up to ~lr. So against that run the loss
-terms and gradient norm are compared at 1e-6 and the parameters at a fraction of the learning rate.
+whose true gradient is exactly 0) into parameter differences of up to ~lr per step. So against that run
+the loss terms are compared at 1e-6, the first step's gradient norm at 2e-4 and the parameters within
+two steps' worth of the learning rate. The runs use the authors' augmentation (maft.augment), seeded by
+stream position, so the exact match to the micro-batched run also pins it as rank-independent.
 """
+import json
 import os
 import socket
 
@@ -72,7 +75,12 @@ def test_two_cpu_processes_match_one_process(tmp_path, monkeypatch):
         assert ranks[0]["final"][key] == pytest.approx(sharded["final"][key], abs=1e-7)
         assert ranks[0]["final"][key] == pytest.approx(whole["final"][key], abs=1e-6)
     # Batched vs per-shard forwards round differently in float32, amplified by the logit scale of 100;
-    # a wrong all-reduce (sum instead of mean) would be off by a factor of 2.
-    assert ranks[0]["final"]["grad_norm"] == pytest.approx(whole["final"]["grad_norm"], rel=2e-3)
+    # a wrong all-reduce (sum instead of mean) would be off by a factor of 2. Step 1 starts from the same
+    # weights; by step 2 AdamW has turned the rounding into ~LR moves of near-zero-gradient elements,
+    # which on the augmented (grey-padded 640 px) crops shifts the norm by ~1 %.
+    first = [json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[0])["grad_norm"]
+             for name in ("ddp", "whole")]
+    assert first[0] == pytest.approx(first[1], rel=2e-4)
+    assert ranks[0]["final"]["grad_norm"] == pytest.approx(whole["final"]["grad_norm"], rel=3e-2)
     assert ranks[0]["final"]["ma_images"] == whole["final"]["ma_images"]
-    assert max_difference(whole["params"], ranks[0]["params"]) < 0.5 * LR
+    assert max_difference(whole["params"], ranks[0]["params"]) < 2 * LR  # two AdamW steps of at most ~LR

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from ..masks import mask_on
 from ..progress import progress_bar
 from .types import Proposals
 
@@ -61,7 +62,7 @@ def save_proposals(path: str | os.PathLike, proposals: Proposals,
             np.savez_compressed(handle, **arrays)
         return path
 
-    binary = np.asfortranarray((masks > 0.5).numpy().transpose(1, 2, 0).astype(np.uint8))
+    binary = np.asfortranarray(mask_on(masks).numpy().transpose(1, 2, 0).astype(np.uint8))
     rles = mask_utils.encode(binary) if len(masks) else []
     records = []
     for i, rle in enumerate(rles):

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from maft.masks import mask_on
+
 IGNORE_INDEX = 255
 
 
@@ -73,7 +75,8 @@ class Proposals:
 
 def proposal_iou(masks: torch.Tensor, label: torch.Tensor, class_id: int,
                  ignore_index: int = IGNORE_INDEX, exclude_ignored: bool = False) -> torch.Tensor:
-    """Hard IoU [N] between each proposal (binarised: value > 0.5) and the binary map of ``class_id``.
+    """Hard IoU [N] between each proposal (binarised by :func:`maft.masks.mask_on`: value >= 0.5) and the
+    binary map of ``class_id``.
 
     Ignore pixels never belong to the class. By default they still count in the union like any other
     non-class pixel, as in the mask-aware loss, which compares proposals with per-class binary maps
@@ -86,7 +89,7 @@ def proposal_iou(masks: torch.Tensor, label: torch.Tensor, class_id: int,
                          f"label {tuple(label.shape)}")
     if class_id == ignore_index:
         raise ValueError(f"proposal_iou: class_id {class_id} is the ignore index")
-    on = masks > 0.5
+    on = mask_on(masks)
     target = (label == class_id).to(on.device)
     if exclude_ignored:
         on = on & (label != ignore_index).to(on.device)
