@@ -5,8 +5,10 @@ import argparse
 import json
 from pathlib import Path
 
-from maft import paths, study
-from maft.study import format_story
+import torch
+
+from maft import paths, story
+from maft.story import format_story
 from maft.world import pretrain
 from maft.world.draw import save_scene_grid
 
@@ -17,22 +19,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--seed", type=int, default=None)
     pretrain.add_argument("--steps", type=int, default=None)
     pretrain.add_argument("--batch-size", type=int, default=None)
-    pretrain.add_argument("--out", default=None, help="checkpoint file (default: the cache, keyed by settings)")
+    pretrain.add_argument("--out", default=None, help="checkpoint file (default: the kept one in maft/assets/world_clip when it matches these settings, else the cache, keyed by settings)")
     pretrain.add_argument("--force", action="store_true", help="pretrain even if a cached checkpoint exists")
     pretrain.add_argument("--print-path", action="store_true", help="print only the checkpoint path")
     pretrain.add_argument("--no-progress", action="store_true")
     zero_shot = sub.add_parser("zero-shot", help="image-level zero-shot accuracy of a world CLIP checkpoint")
-    zero_shot.add_argument("--checkpoint", default=None, help="default: the cached default world CLIP")
+    zero_shot.add_argument("--checkpoint", default=None, help="default: the kept (or cached) default world CLIP")
     zero_shot.add_argument("--out", default=None, help="default: outputs/world/zero_shot.json")
-    story = sub.add_parser("story", help="frozen vs MAFT IP-CLIP and ablations over seeds -> JSON")
-    story.add_argument("--seeds", type=int, default=3)
-    story.add_argument("--out", default=None, help="default: outputs/world/story.json")
-    story.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean nothing)")
-    story.add_argument("--config", default="world", help="experiment config (default: maft/configs/world.yaml)")
-    story.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    story.add_argument("--variants", default=None, help="comma-separated subset of the fine-tuned variants")
-    story.add_argument("--checkpoint", default=None, help="world CLIP to use (default: the cached one)")
-    story.add_argument("--no-progress", action="store_true")
+    tell = sub.add_parser("story", help="the paper's Table 4 (a, c, e) in the world over seeds, on label-free "
+                                        "test proposals -> JSON")
+    tell.add_argument("--seeds", type=int, default=3)
+    tell.add_argument("--out", default=None, help="default: outputs/world/story.json")
+    tell.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean nothing)")
+    tell.add_argument("--config", default="world", help="experiment config (default: maft/configs/world.yaml)")
+    tell.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tell.add_argument("--start-layers", default=None,
+                      help=f"comma-separated L to fine-tune at besides the default (default {story.START_LAYERS})")
+    tell.add_argument("--checkpoint", default=None, help="world CLIP to use (default: the kept one)")
+    tell.add_argument("--threads", type=int, default=None,
+                      help="torch CPU threads (default: torch's; on a busy machine 1 is often fastest)")
+    tell.add_argument("--no-progress", action="store_true")
     show = sub.add_parser("show", help="save a grid of scenes (and their label maps) as a PNG")
     show.add_argument("--split", default="train")
     show.add_argument("--count", type=int, default=16)
@@ -43,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "pretrain":
         settings = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
         settings = {k: v for k, v in settings.items() if v is not None}
-        path = Path(args.out) if args.out else pretrain.default_checkpoint_path(**settings)
+        path = Path(args.out) if args.out else pretrain.find_world_clip(**settings)
         target = paths.outputs_dir("world", create=False) / "zero_shot.json"
         if not args.print_path:
             paths.check_output_path(target, "the zero-shot report")  # written after the pretraining
@@ -69,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
         target.write_text(json.dumps(result, indent=1))
         _print_zero_shot(result)
     elif args.action == "story":
-        variants = args.variants.split(",") if args.variants else None
-        story = study.run_story(seeds=args.seeds, out=args.out, quick=args.quick, config=args.config,
-                                     overrides=args.overrides, variants=variants, checkpoint=args.checkpoint,
-                                     progress=not args.no_progress)
-        print(format_story(story))
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        layers = [int(v) for v in args.start_layers.split(",")] if args.start_layers else None
+        result = story.run_story(seeds=args.seeds, out=args.out, quick=args.quick, config=args.config,
+                                 overrides=args.overrides, checkpoint=args.checkpoint, start_layers=layers,
+                                 progress=not args.no_progress)
+        print(format_story(result))
     elif args.action == "show":
         target = paths.check_output_path(
             args.out or paths.outputs_dir("world", create=False) / f"{args.split}_scenes.png", "--out")

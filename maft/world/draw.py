@@ -1,5 +1,8 @@
 """Drawing the world: textures, shapes, scenes and their captions (all of it a pure function of the spec,
-the split and the scene index). The world CLIP's cache key hashes this file: a change here re-pretrains it.
+the split and the scene index). Pretraining scenes and the zero-shot probes are drawn at the world
+CLIP's pretraining size; the segmentation splits on a larger canvas with things at the same pixel size
+(``canvas`` in world.yaml). The world CLIP's identity hashes the first pretraining scenes this code
+draws (:func:`maft.world.pretrain.pretraining_data_fingerprint`): a change of the drawing re-pretrains it.
 """
 from __future__ import annotations
 
@@ -158,9 +161,8 @@ class Scene:
     caption: str
 
 
-def _background(spec: WorldSpec, rng, stuff_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def _background(spec: WorldSpec, rng, stuff_ids: list[int], size: int) -> tuple[np.ndarray, np.ndarray]:
     """Bands of the given stuff classes (top first) with wavy, slightly tilted borders."""
-    size = spec.image_size
     k = len(stuff_ids)
     xs = np.arange(size) + 0.5
     ys = (np.arange(size) + 0.5)[:, None]
@@ -181,10 +183,11 @@ def _background(spec: WorldSpec, rng, stuff_ids: list[int]) -> tuple[np.ndarray,
     return image, label
 
 
-def _choose_stuff(spec: WorldSpec, rng, count: int | None = None, only: int | None = None) -> list[int]:
+def _choose_stuff(spec: WorldSpec, rng, count: int | None = None, only: int | None = None,
+                  regions=None) -> list[int]:
     if only is not None:
         return [only]
-    low, high = spec.raw["background_regions"]
+    low, high = regions or spec.raw["background_regions"]
     count = int(rng.integers(low, high + 1)) if count is None else count
     chosen = [int(c) for c in rng.choice(spec.stuff_ids, size=count, replace=False)]
     top = [c for c in chosen if spec.classes[c] in spec.raw.get("top_only", [])]
@@ -230,7 +233,7 @@ def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int]) -> l
     """Draw things one over another; a placement is retried while it would hide too much of what is
     already there (a thing keeps ``min_visible`` of itself, every region keeps ``min_pixels``)."""
     cfg = spec.raw["things"]
-    size = spec.image_size
+    size = label.shape[0]  # things keep their pixel size on any canvas
     placed: list[dict] = []
     stuff_present = [int(c) for c in np.unique(label)]
     for class_id in thing_ids:
@@ -312,7 +315,6 @@ def render_scene(spec: WorldSpec, split: str, index: int) -> Scene:
 
 def _render(spec: WorldSpec, split: str, index: int, twin: bool) -> Scene:
     rng = scene_rng(spec.seed, split, index - 1 if twin else index)
-    cfg = spec.raw["things"]
     if split == "single":
         stuff_ids = _choose_stuff(spec, rng, count=int(rng.integers(1, 3)))
         thing_ids = [spec.thing_ids[index % len(spec.thing_ids)]]
@@ -320,15 +322,15 @@ def _render(spec: WorldSpec, split: str, index: int, twin: bool) -> Scene:
         stuff_ids = _choose_stuff(spec, rng, only=spec.stuff_ids[index % len(spec.stuff_ids)])
         thing_ids = []
     else:
-        low, high = cfg["pretrain_count"] if split == "pretrain" else cfg["count"]
-        stuff_ids = _choose_stuff(spec, rng)
+        (low, high), regions = spec.scene_counts(split)
+        stuff_ids = _choose_stuff(spec, rng, regions=regions)
         count = int(rng.integers(low, high + 1))
         thing_ids = [int(c) for c in rng.choice(spec.thing_ids, size=count, replace=False)]
         if twin:
             thing_ids = _repatterned(spec, scene_rng(spec.seed, "pretrain-twin", index), thing_ids) or []
             if not thing_ids:  # a stuff-only scene, or no repatterning: an independent scene instead
                 return _render(spec, split, index, twin=False)
-    image, label = _background(spec, rng, stuff_ids)
+    image, label = _background(spec, rng, stuff_ids, spec.scene_size(split))
     things = _place_things(spec, rng, image, label, thing_ids)
     present_stuff = [c for c in stuff_ids if (label == c).any()]
     # wording from its own stream, so twins are worded alike

@@ -1,26 +1,35 @@
 """The world's tiny CLIP: an open_clip model pretrained contrastively on captioned world scenes.
 
-The architecture is the open_clip config ``maft/model_configs/maft-world-vit.json`` (a 6-block ViT
-with patch 8 on 64x64 scenes, a 2-block text tower with open_clip's BPE tokenizer), so the model is
+The architecture is the open_clip config ``maft/model_configs/maft-world-vit12.json`` (a 12-block ViT
+of width 64 with patch 8 on 64x64 scenes, a 2-block text tower with open_clip's BPE tokenizer; the
+resolution regime is in ``maft/assets/world.yaml`` and ``maft/configs/world.yaml``), so the model is
 a plain ``open_clip.CLIP`` and every later step (IP-CLIP, fine-tuning, evaluation) runs the same code
 as for OpenAI's ViT-B/16. Training uses open_clip's own ``ClipLoss`` on (scene, caption) pairs
 streamed from the world's "pretrain" split; like web captions, these name every class in a scene,
 the zero-shot-unseen ones included.
 
-:func:`ensure_world_clip` returns the checkpoint, pretraining it on first use and caching it under
-``maft.paths.cache_dir("world")``; the file name holds a hash of the world specification, the drawing
-code, the model config and the pretraining settings, so a change to any of them never reuses a stale
-checkpoint. :func:`zero_shot_accuracy` is the image-level probe: single-thing and single-stuff scenes
-classified by their class name, seen and unseen classes reported apart.
+:func:`ensure_world_clip` returns the checkpoint: the one kept in the repository
+(``maft/assets/world_clip/``, rebuilt bit for bit by ``maft world pretrain --out
+maft/assets/world_clip/maft-world-vit12.pt --force``) when its recorded identity matches the current
+world, model config and settings, else one pretrained on first use and cached under
+``maft.paths.cache_dir("world")``. The identity (:func:`checkpoint_identity`) holds the world
+specification's fingerprint, a hash of the first pretraining scenes and captions (a change to the
+drawing code shows, moving that code between modules does not), the model config and the pretraining
+settings. Weights are stored in float16 (the kept file must stay under 10 MB; the 49408-token
+embedding of the text tower is most of it) and loaded into float32. :func:`zero_shot_accuracy` is the
+image-level probe: single-thing and single-stuff scenes classified by their class name, seen and
+unseen classes reported apart.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from pathlib import Path
 
 import open_clip
@@ -30,19 +39,22 @@ from .. import paths
 from ..clip import MODEL_CONFIG_DIR, clip_normalisation, load_clip, preprocess_images, tower_input_size
 from ..progress import progress_bar
 from ..text import text_classifier
-from . import draw
 from .dataset import WorldDataset
 from .spec import load_world_spec
 
-MODEL_NAME = "maft-world-vit"
+MODEL_NAME = "maft-world-vit12"
 PRETRAIN_DEFAULTS = {
     "seed": 0,
-    "steps": 400,
+    "steps": 1000,
     "batch_size": 128,
     "lr": 1.0e-3,
     "weight_decay": 0.1,
-    "warmup": 50,
+    "warmup": 100,
+    "threads": 1,  # torch CPU threads: summation order, hence the bits, depend on it (1: also the
+                   # fastest on a shared machine, where a second thread mostly waits for the first)
 }
+KEPT_DIR = paths.ASSETS_DIR / "world_clip"
+FINGERPRINT_SCENES = 128  # pretraining scenes hashed into the identity
 
 
 def _settings(**overrides) -> dict:
@@ -50,26 +62,67 @@ def _settings(**overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown pretraining settings {unknown}; known: {sorted(PRETRAIN_DEFAULTS)}")
     settings = {**PRETRAIN_DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("steps", "batch_size", "warmup"):
+    for key in ("steps", "batch_size", "warmup", "threads"):
         if not isinstance(settings[key], int) or settings[key] < (0 if key == "warmup" else 1):
             raise ValueError(f"pretraining setting {key} must be a positive int, got {settings[key]!r}")
     return settings
 
 
-def checkpoint_key(settings: dict) -> str:
-    """Hash of everything the checkpoint depends on: world spec and code, model config, settings."""
-    identity = {
+@lru_cache(maxsize=4)
+def pretraining_data_fingerprint(count: int = FINGERPRINT_SCENES) -> str:
+    """sha256 of the first ``count`` pretraining scenes (pixels) and captions: what the drawing code
+    makes of the spec. A change of the drawing shows here; a move of the code to another module not."""
+    dataset = WorldDataset("pretrain")
+    digest = hashlib.sha256()
+    for index in range(count):
+        sample = dataset[index]
+        digest.update(sample["image"].numpy().tobytes())
+        digest.update(sample["caption"].encode())
+    return digest.hexdigest()
+
+
+def checkpoint_identity(settings: dict) -> dict:
+    """Everything the checkpoint depends on: world spec, pretraining data, model config, settings."""
+    return {
         "world": load_world_spec().fingerprint,
-        "generator": hashlib.sha256(Path(draw.__file__).read_bytes()).hexdigest(),  # the drawing code
-        "model": (MODEL_CONFIG_DIR / f"{MODEL_NAME}.json").read_text(),
+        "data": pretraining_data_fingerprint(),
+        "model": json.loads((MODEL_CONFIG_DIR / f"{MODEL_NAME}.json").read_text()),
+        "model_name": MODEL_NAME,
         "settings": settings,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def checkpoint_key(settings: dict) -> str:
+    """Hash of :func:`checkpoint_identity`."""
+    return hashlib.sha256(json.dumps(checkpoint_identity(settings), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_checkpoint_path(**settings) -> Path:
     settings = _settings(**settings)
     return paths.cache_dir("world") / f"{MODEL_NAME}-{checkpoint_key(settings)}.pt"
+
+
+def kept_checkpoint_path() -> Path:
+    """The world CLIP kept in the repository (pretrained with :data:`PRETRAIN_DEFAULTS`)."""
+    return KEPT_DIR / f"{MODEL_NAME}.pt"
+
+
+def kept_checkpoint_matches(path: str | os.PathLike | None = None, settings: dict | None = None) -> bool:
+    """Whether the kept file exists, is intact (sha256) and was pretrained for the current identity."""
+    path = Path(path) if path is not None else kept_checkpoint_path()
+    log_file = Path(f"{path}.json")
+    if not (path.is_file() and log_file.is_file()):
+        return False
+    log = json.loads(log_file.read_text())
+    return (log.get("key") == checkpoint_key(_settings(**(settings or {})))
+            and log.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def find_world_clip(**settings) -> Path:
+    """The kept checkpoint when it matches these settings, else the cache path for them."""
+    if kept_checkpoint_matches(settings=settings):
+        return kept_checkpoint_path()
+    return default_checkpoint_path(**settings)
 
 
 def captioned_batch(dataset: WorldDataset, start: int, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -110,15 +163,25 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     """Pretrain the world CLIP from random init; writes the state dict to ``out`` (default: the
     cache path of these settings) and ``<out>.json`` with the loss curve and timings.
 
-    Settings (see :data:`PRETRAIN_DEFAULTS`): seed, steps, batch_size, lr, weight_decay, warmup.
-    Step ``k`` sees pretrain scenes ``k*B .. k*B+B-1``, so a run is a pure function of its settings
-    (up to floating-point summation order, which depends on the number of CPU threads).
+    Settings (see :data:`PRETRAIN_DEFAULTS`): seed, steps, batch_size, lr, weight_decay, warmup,
+    threads. Step ``k`` sees pretrain scenes ``k*B .. k*B+B-1``, and torch runs on ``threads`` CPU
+    threads, so on one kind of CPU and torch build a run is a pure function of its settings, bit for
+    bit (the file is float16; ``tests/test_world_clip_kept.py`` checks two short runs are identical).
     Returns the log dict (``path``, ``losses``, ``seconds``, ``seconds_per_step``, ...).
     """
     settings = _settings(**settings)
     out = Path(out) if out is not None else default_checkpoint_path(**settings)
     paths.check_output_path(out, "world CLIP checkpoint (--out)")  # before the pretraining, not after
     paths.check_output_path(f"{out}.json", "world CLIP log (--out + .json)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings["threads"])
+    try:
+        return _pretrain(out, progress, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(out: Path, progress: bool, settings: dict) -> dict:
     torch.manual_seed(settings["seed"])
     model, _, tokenizer = load_clip(MODEL_NAME)
     model.train()
@@ -156,12 +219,23 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started  # CPU time of all threads: comparable on a busy machine
     model.eval()
-    state = model.state_dict()
-    paths.atomic_write(out, lambda partial: torch.save(state, partial))  # a reader never sees half of it
+    # float16 on disk (half the size; the model loads it into float32). Saved through a buffer:
+    # torch.save names the archive after the file, and the bytes must not depend on a file name.
+    buffer = io.BytesIO()
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, buffer)
+    paths.atomic_write(out, lambda partial: partial.write_bytes(buffer.getvalue()))  # never half a file
     log = {
-        "path": str(out),
+        "path": _repo_relative(out),
         "model": MODEL_NAME,
         "settings": settings,
+        "key": checkpoint_key(settings),
+        "identity": checkpoint_identity(settings),
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "bytes": out.stat().st_size,
+        "rebuild": f"maft world pretrain --out {_repo_relative(out)} --force"
+                   + "".join(f" --{k.replace('_', '-')} {v}" for k, v in settings.items()
+                             if k in ("seed", "steps", "batch_size") and v != PRETRAIN_DEFAULTS[k]),
+        "torch": torch.__version__,
         "world": dataset.spec.fingerprint,
         "losses": losses,
         "seconds": round(seconds, 2),
@@ -175,9 +249,17 @@ def pretrain_world_clip(out: str | os.PathLike | None = None, progress: bool = T
     return log
 
 
+def _repo_relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(paths.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def ensure_world_clip(progress: bool = True, **settings) -> Path:
-    """Path of the pretrained world CLIP for these settings, pretraining it first if not cached."""
-    path = default_checkpoint_path(**settings)
+    """Path of the pretrained world CLIP for these settings: the kept one when it matches, else the
+    cached one, pretraining it first if not cached."""
+    path = find_world_clip(**settings)
     if not path.is_file():
         pretrain_world_clip(out=path, progress=progress, **settings)
     return path

@@ -28,6 +28,21 @@ class WorldSpec:
     image_size: int
     seed: int
     fingerprint: str
+    canvas_size: int = 0  # side of the segmentation scenes (``canvas.splits``); 0 = image_size
+
+    def scene_size(self, split: str) -> int:
+        """Side of the scenes of ``split``: the canvas for the segmentation splits, else image_size
+        (the world CLIP's pretraining size: the pretraining stream and the zero-shot probes)."""
+        canvas = self.raw.get("canvas")
+        return self.canvas_size if canvas and split in canvas["splits"] else self.image_size
+
+    def scene_counts(self, split: str) -> tuple[list[int], list[int]]:
+        """(things, background regions) count ranges of a scene of ``split``."""
+        canvas = self.raw.get("canvas")
+        if canvas and split in canvas["splits"]:
+            return canvas["count"], canvas["background_regions"]
+        things = self.raw["things"]
+        return things["pretrain_count"] if split == "pretrain" else things["count"], self.raw["background_regions"]
 
     @property
     def seen(self) -> tuple[int, ...]:
@@ -71,6 +86,7 @@ def _load_world_spec(path: str) -> WorldSpec:
         stuff_ids=tuple(range(len(things), len(classes))),
         unseen=tuple(sorted(classes.index(name) for name in raw["unseen"])),
         image_size=int(raw["image_size"]),
+        canvas_size=int(raw["canvas"]["size"]) if raw.get("canvas") else int(raw["image_size"]),
         seed=int(raw["seed"]),
         # of the parsed content, not the text: editing a comment must not invalidate cached checkpoints
         fingerprint=f"{zlib.crc32(json.dumps(raw, sort_keys=True).encode()):08x}",
