@@ -183,4 +183,9 @@ def _resized_copy(visual: nn.Module, size: int) -> nn.Module:
     """A copy of the tower with its positional embedding resized to ``size`` (the original is untouched)."""
     resized = copy.deepcopy(visual)
     set_image_size(resized, size)
+    native = getattr(visual, "maft_native", None)  # recorded by maft.clip.load_clip
+    if native is not None and tuple(native["image_size"]) == (size, size):
+        # back at the pretraining size: the original embedding, not an interpolation of one
+        resized.positional_embedding = nn.Parameter(native["positional_embedding"].clone().to(
+            resized.positional_embedding.device), requires_grad=resized.positional_embedding.requires_grad)
     return resized

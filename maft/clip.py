@@ -255,6 +255,11 @@ def load_clip(
         tokenizer = open_clip.get_tokenizer(name)
     model.eval()
     if image_size is not None:
+        if hasattr(model.visual, "positional_embedding") and hasattr(model.visual, "patch_size"):
+            # the pretraining-size embedding, so a crop-and-classify copy at that size gets it back
+            # exactly (maft.baseline) instead of a resize of a resize
+            model.visual.maft_native = {"image_size": _size_pair(model.visual.image_size),
+                                        "positional_embedding": model.visual.positional_embedding.detach().clone()}
         set_image_size(model.visual, image_size)
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     model.maft_source = {

@@ -204,3 +204,27 @@ def test_input_size_resizes_a_copy_of_the_tower():
     with torch.no_grad():
         expected = torch.stack([reference(slow_sub_image(images[0], m, "mask", 48)[None])[0] for m in masks[0]])
         torch.testing.assert_close(frozen(images, masks)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_crops_at_the_pretraining_size_get_the_original_positional_embedding():
+    """A tower loaded at IP-CLIP's size (128) and cropping at its pretraining size (64) uses the
+    pretrained 8x8 embedding itself, not 8x8 -> 16x16 -> 8x8 interpolated (which is not the identity)."""
+    from maft.clip import load_clip, set_image_size
+
+    torch.manual_seed(0)
+    native, _, _ = load_clip("maft-test-vit")  # random weights, built at its own size
+    size = native.visual.image_size[0] if isinstance(native.visual.image_size, tuple) else native.visual.image_size
+    torch.manual_seed(0)
+    large, _, _ = load_clip("maft-test-vit", image_size=2 * size)
+    assert torch.equal(native.visual.conv1.weight, large.visual.conv1.weight)  # same random draw
+    frozen = FrozenCLIP(large.visual, input_size=size)
+    assert torch.equal(frozen.visual.positional_embedding, native.visual.positional_embedding)
+    assert tuple(large.visual.image_size) == (2 * size, 2 * size)  # the caller's tower is untouched
+    round_trip = set_image_size(set_image_size(copy_of(native.visual), 2 * size), size)
+    assert not torch.equal(round_trip.positional_embedding, native.visual.positional_embedding)
+
+
+def copy_of(module):
+    import copy
+
+    return copy.deepcopy(module)
