@@ -57,7 +57,7 @@ _EXPORTS = {
     # the offline world
     "WorldDataset": "maft.world",
     "ensure_world_clip": "maft.world.pretrain",
-    "run_story": "maft.study",
+    "run_story": "maft.story",
 }
 
 __all__ = sorted(_EXPORTS)

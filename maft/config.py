@@ -70,6 +70,9 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "stride": None,
     "max_images": None,
     "out": None,                # None = outputs/eval/<name>.json
+    # Evaluation proposals {kind, settings}, e.g. label-free ones while fine-tuning uses GT-derived
+    # ones; None = the experiment's `proposals` section for evaluation too.
+    "proposals": None,
     # A checkpoint is evaluated at the IP-CLIP start layer it was trained with; true allows another
     # model.start_layer on purpose (an ablation of L at test time), otherwise that is an error.
     "allow_other_start_layer": False,
@@ -239,6 +242,11 @@ def eval_settings(config: dict) -> dict:
     settings = {**EVAL_DEFAULTS, **given}
     if settings["classifier"] not in CLASSIFIERS:
         raise ValueError(f"config eval.classifier must be one of {CLASSIFIERS}, got {settings['classifier']!r}")
+    proposals = settings["proposals"]
+    if proposals is not None and (not isinstance(proposals, dict) or "kind" not in proposals
+                                  or set(proposals) - {"kind", "settings"}):
+        raise ValueError(f"config eval.proposals must be null or a mapping with 'kind' (and 'settings'), "
+                         f"got {proposals!r}")
     if not isinstance(settings["allow_other_start_layer"], bool):
         raise ValueError(f"config eval.allow_other_start_layer must be true or false, "
                          f"got {settings['allow_other_start_layer']!r}")

@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 
 from .authors import config_for_checkpoint
 from .config import eval_settings, with_defaults
-from .experiment import build_experiment
+from .experiment import build_experiment, proposal_section
 from .inference import NO_PREDICTION, Segmenter, semantic_map
 from .losses import soft_iou
 from .masks import resize_masks
@@ -325,7 +325,7 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
         dataset=full["data"]["dataset"],
         split=full["data"]["eval_split"],
         classifier=settings["classifier"],
-        proposals=full["proposals"]["kind"],
+        proposals=proposal_section(full, "eval")["kind"],
         checkpoint=None if checkpoint is None else str(checkpoint),
         seconds=round(time.perf_counter() - start, 3),
         config=config,

@@ -10,6 +10,7 @@ Each builder below reads only its own config section; the sections and their def
 from __future__ import annotations
 
 import copy
+import dataclasses
 import platform
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -66,10 +67,20 @@ def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
                          max_images=data["max_images"], protocol=data["protocol"])
 
 
-def build_generator(config: dict[str, Any], **extra):
-    """The proposal generator of ``config['proposals']`` (``extra`` overrides its settings)."""
+def proposal_section(config: dict[str, Any], split: str = "train") -> dict[str, Any]:
+    """The proposals a split uses: ``proposals`` for training (and by default for evaluation);
+    ``eval.proposals`` for the evaluation split when set (e.g. label-free proposals at test time)."""
     config = with_defaults(config)
-    proposals = config["proposals"]
+    if split == "eval" and eval_settings(config)["proposals"] is not None:
+        section = eval_settings(config)["proposals"]
+        return {"kind": section["kind"], "settings": dict(section.get("settings") or {})}
+    return config["proposals"]
+
+
+def build_generator(config: dict[str, Any], split: str = "train", **extra):
+    """The proposal generator of :func:`proposal_section` (``extra`` overrides its settings)."""
+    config = with_defaults(config)
+    proposals = proposal_section(config, split)
     settings = {**(proposals.get("settings") or {}), **extra}
     if proposals["kind"] == "gt":
         settings.setdefault("seed", config["seed"])  # GT corruptions follow the experiment's seed
@@ -164,6 +175,11 @@ class Experiment:
         """The proposal classifier ``eval.classifier`` names (see :func:`build_classifier`)."""
         return build_classifier(self.config, self.model, checkpoint).to(self.device)
 
+    def with_proposals(self, split: str) -> "Experiment":
+        """The same experiment (model shared) with the generator of ``split``'s proposals: "train" (e.g.
+        GT-derived ones of known quality) or "eval" (the test proposals, :func:`proposal_section`)."""
+        return dataclasses.replace(self, generator=build_generator(self.config, split))
+
     def segmenter(self, classifier, class_ids: Sequence[int] | None = None) -> Segmenter:
         """CLIP-only whole-image segmenter over the text classes, or over those at rows ``class_ids``
         only (e.g. the seen classes, as in training, where the softmax runs over C_seen)."""
@@ -175,7 +191,8 @@ class Experiment:
 
 
 def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | None = "eval",
-                     text_classes: str | Sequence[str] = "all", model=None, generator=None) -> Experiment:
+                     text_classes: str | Sequence[str] = "all", model=None, generator=None,
+                     proposals: str | None = None) -> Experiment:
     """The parts of ``config`` (defaults filled in).
 
     ``split``: "eval" (``data.eval_split``, all labels), "train" (``data.train_split``, the training view
@@ -183,7 +200,9 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
     or None (no dataset, e.g. predict on one image).
     ``text_classes``: "all" (the dataset's classes), "seen" (the seen ones, as in training) or a list of
     names. ``model``: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse; ``generator``: a
-    ready proposal generator to use instead of the config's.
+    ready proposal generator to use instead of the config's. ``proposals``: None (the split's proposals,
+    :func:`proposal_section`) or "train" (the training proposals on any split, e.g. GT-derived ones of
+    known quality for the mask-awareness diagnostic).
     """
     config = with_defaults(config)
     clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
@@ -206,7 +225,10 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
         classes, class_ids, prompts = list(text_classes), None, None
     # the generator before the text classifier: a missing proposal folder fails in a second, not after
     # minutes of encoding prompts
-    generator = generator if generator is not None else build_generator(config)
+    if proposals not in (None, "train"):
+        raise ValueError(f"proposals must be None or 'train', got {proposals!r}")
+    if generator is None:
+        generator = build_generator(config, "train" if proposals == "train" or split != "eval" else "eval")
     with torch.no_grad():
         text = build_text_classifier(config, clip_model, tokenizer, classes, device=device, prompts=prompts)
     return Experiment(config=config, device=device, model=clip_model, tokenizer=tokenizer, dataset=dataset,
@@ -228,6 +250,9 @@ def describe(config: dict[str, Any]) -> str:
         f"proposals:  {proposals['kind']} {proposals.get('settings') or ''}".rstrip(),
         f"text:       {config['text']['templates']} templates",
     ]
+    if eval_settings(config)["proposals"] is not None:  # test-time proposals other than the training ones
+        test = proposal_section(config, "eval")
+        lines.insert(3, f"evaluation proposals: {test['kind']} {test['settings'] or ''}".rstrip())
     if "train" in config:
         train = config["train"]
         lines.append(f"fine-tune:  {train.get('iterations')} iterations x batch {train.get('batch_size')}, "

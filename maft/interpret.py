@@ -28,6 +28,13 @@ def _compare(a, b, unit: str = "", digits: int = 1) -> str:
     return f"{'higher' if diff > 0 else 'lower'} by {abs(diff):.{digits}f}{unit}"
 
 
+def _points(diff: float) -> str:
+    """"2.3 points above" / "0.4 points below" / "level with"."""
+    if round(diff, 1) == 0:
+        return "level with"
+    return f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'}"
+
+
 def _row(rows: Sequence[dict], key: str, name: str) -> dict | None:
     return next((r for r in rows if r.get(key) == name), None)
 
@@ -148,3 +155,42 @@ def sam_proposals(metrics: dict | None, message: str | None = None) -> str:
     lines = [f"{r['classifier']}: hIoU {_pct(r['hiou'])} (unseen {_pct(r['miou_unseen'])})" for r in rows]
     return ("**What this means.** With Segment Anything's class-agnostic proposals, " + "; ".join(lines)
             + ". SAM never saw the dataset's labels, so this tests the classifier on proposals of unknown quality.")
+
+
+def story(result: dict) -> str:
+    """The world story: does the paper's Table 4a order hold, and what the start-layer sweep says."""
+    mean, std = result["mean"], result["std"]
+    seeds = len(result["per_seed"])
+
+    def h(name):
+        return mean[name]["hiou"], std[name]["hiou"]
+
+    (crop, crop_s), (frozen, frozen_s), (maft, maft_s) = h("crop"), h("frozen"), h("maft")
+
+    def gap(a, sa, b, sb):  # "a > b" beyond the seed spread?
+        return a - b > max(sa, sb) if seeds > 1 else a > b
+
+    order = gap(frozen, frozen_s, crop, crop_s) and gap(maft, maft_s, frozen, frozen_s)
+    text = [f"**What this means.** On test proposals that never saw a label ({result['proposals']['test']}), "
+            f"over {seeds} seed(s): crop-and-classify {crop:.1f} hIoU, frozen IP-CLIP {frozen:.1f}, MAFT "
+            f"{maft:.1f} ± {maft_s:.1f} (fine-tuned with L_ma only: {mean['ma_only']['hiou']:.1f} ± "
+            f"{std['ma_only']['hiou']:.1f})."]
+    if order:
+        text.append("The paper's order holds: crop < frozen IP-CLIP < MAFT, each gap larger than the seed spread.")
+    else:
+        text.append(f"The paper's order (crop < frozen IP-CLIP < MAFT, Table 4a) does not hold here: MAFT is "
+                    f"{_points(maft - frozen)} frozen IP-CLIP and {_points(maft - crop)} crop-and-classify.")
+    layers = sorted(mean["start_layer"], key=lambda p: p["hiou"])
+    if layers:
+        best, default = layers[-1], next((p for p in mean["start_layer"] if p["hiou"] == maft), None)
+        text.append(f"Over the start layer L, fine-tuned IP-CLIP is best at L = {best['start_layer']} "
+                    f"({best['hiou']:.1f} hIoU)" + (f", against {maft:.1f} at the default L = {default['start_layer']}"
+                                                   if default and default is not best else "") + ".")
+    context = result.get("context") or []
+    if len(context) > 1:
+        first, last = context[0], context[-1]
+        text.append(f"The cosine between a proposal's embedding and the whole image's rises from "
+                    f"{first['cosine_to_image']:.2f} at L = {first['start_layer']} to {last['cosine_to_image']:.2f} "
+                    f"at L = {last['start_layer']}: the later the masks start, the more every proposal is "
+                    "described as the whole scene.")
+    return " ".join(text)

@@ -61,7 +61,7 @@ def load_paper_results(path: str | Path | None = None) -> dict:
 
 
 def tables() -> list[str]:
-    """Keys of the transcribed tables: '1', '2', '3', '5a', '5b', 'released'."""
+    """Keys of the transcribed tables: '1', '2', '3', '4a', '4c', '4e', '5a', '5b', 'released'."""
     return list(load_paper_results()["tables"])
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import seaborn as sns
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -321,79 +320,6 @@ def plot_attention_masks(image, masks, grid_size: tuple[int, int]) -> Figure:
     ax.set_ylabel("class query")
     ax.set_yticks(range(count))
     ax.set_title("attention mask (green = may attend)", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def plot_benchmark(rows: Sequence[dict]) -> Figure:
-    """GFLOPs against the number of proposals, per method and model, log scale."""
-    fig = Figure(figsize=(6.5, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    expanded = []
-    ns = sorted({r["n_proposals"] for r in rows if r["method"] != "plain"})
-    for r in rows:  # the plain tower does not depend on N: draw it as a flat line
-        for n in (ns if r["method"] == "plain" else [r["n_proposals"]]):
-            expanded.append({**r, "n_proposals": n, "series": f"{r['method']} · {r['model']}@{r['resolution']}"})
-    sns.lineplot(x=[r["n_proposals"] for r in expanded], y=[r["gflops"] for r in expanded],
-                 hue=[r["series"] for r in expanded], marker="o", ax=ax)
-    ax.set_yscale("log")
-    ax.set_xlabel("proposals N")
-    ax.set_ylabel("GFLOPs per image")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def plot_training_curves(rows: Sequence[dict], keys: Sequence[str] = ("loss", "loss_ma", "loss_dis")) -> Figure:
-    """Loss terms against the step, from the fine-tuning metrics (JSON lines)."""
-    present = [k for k in keys if any(k in r for r in rows)]
-    fig = Figure(figsize=(6.5, 3.2))
-    ax = fig.add_subplot(1, 1, 1)
-    for key in present:
-        points = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
-        sns.lineplot(x=[p[0] for p in points], y=[p[1] for p in points], label=key, ax=ax)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    fig.tight_layout()
-    return fig
-
-
-def plot_score_vs_iou(points: Sequence[dict], hue: str = "classifier") -> Figure:
-    """Scatter of a proposal's score for a region's class against its IoU with the region."""
-    groups = sorted({p[hue] for p in points})
-    fig = Figure(figsize=(4.2 * len(groups), 3.6))
-    for i, group in enumerate(groups):
-        ax = fig.add_subplot(1, len(groups), i + 1)
-        mine = [p for p in points if p[hue] == group]
-        sns.scatterplot(x=[p["iou"] for p in mine], y=[p["score"] for p in mine],
-                        hue=[p.get("kind", "") for p in mine], s=14, alpha=0.7, ax=ax)
-        ax.set_xlim(-0.02, 1.02), ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("IoU with the region")
-        ax.set_ylabel("A^c of the region's class")
-        ax.set_title(str(group))
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    return fig
-
-
-def plot_metric_bars(rows: Sequence[dict], metrics: Sequence[str] = ("miou_seen", "miou_unseen", "hiou"),
-                     label: str = "classifier", errors: Sequence[dict] | None = None) -> Figure:
-    """Grouped bars: one group per metric, one bar per row (optionally with +-std from ``errors``)."""
-    fig = Figure(figsize=(7.5, 3.6))
-    ax = fig.add_subplot(1, 1, 1)
-    long = [{"metric": m, label: r[label], "value": r[m]} for r in rows for m in metrics if r.get(m) is not None]
-    sns.barplot(x=[p["metric"] for p in long], y=[p["value"] for p in long], hue=[p[label] for p in long], ax=ax)
-    if errors is not None:
-        std = {(e[label], m): e.get(m) for e in errors for m in metrics}
-        for bar_group, container in zip([r[label] for r in rows], ax.containers):
-            for bar, m in zip(container, metrics):
-                s = std.get((bar_group, m))
-                if s:
-                    ax.errorbar(bar.get_x() + bar.get_width() / 2, bar.get_height(), yerr=s, color="black",
-                                capsize=3, lw=1)
-    ax.set_xlabel("")
-    ax.set_ylabel("%")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

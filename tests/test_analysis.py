@@ -1,4 +1,5 @@
 """maft.analysis and maft.study (what the notebooks compute) and the explorer, on hand-made cases and a tiny CLIP."""
+import json
 import pytest
 import torch
 
@@ -63,9 +64,9 @@ def test_find_checkpoint_names_the_folder_when_there_is_none(tmp_path):
 
 @pytest.fixture(scope="module")
 def world_parts():
-    world = config.load("world", ["model.pretrained=null", "proposals.settings.max_proposals=8",
+    world = config.load("world", ["model.pretrained=null", "proposals.settings.max_proposals=24",
                                   "proposals.settings.kinds=[part,background,merged]"])
-    return experiment.build_experiment(world)
+    return experiment.build_experiment(world, proposals="train")  # GT-derived: the kinds are known
 
 
 def test_score_iou_points_match_a_direct_computation(world_parts):
@@ -133,3 +134,19 @@ def test_explorer_box_mode_disables_the_proposal_slider(world_parts):
     assert not proposal.disabled and rows.disabled
     image.value = 1
     assert proposal.max == len(explorer.proposals(1)[1]) - 1
+
+
+def test_run_variants_trains_and_evaluates_each_variant_per_seed(tmp_path):
+    base = config.load("voc20_tiny_cpu", ["data.max_images=2", "train.iterations=1", "train.batch_size=2",
+                                          "train.checkpoint_every=0"])
+    result = study.run_variants(base, {"maft": [], "no_distill": ["train.distill_weight=0"]}, [0, 1], tmp_path,
+                                progress=False)
+    assert set(result["per_seed"]) == {"0", "1"}
+    for seed in ("0", "1"):
+        entries = result["per_seed"][seed]
+        assert list(entries) == ["frozen", "maft", "no_distill"]
+        written = json.loads((tmp_path / f"seed{seed}" / "maft.json").read_text())
+        assert entries["maft"]["hiou"] == written["hiou"] and written["checkpoint"].endswith("checkpoint.pt")
+        assert (tmp_path / f"seed{seed}" / "no_distill" / "checkpoint.pt").is_file()
+    values = [result["per_seed"][s]["maft"]["miou"] for s in ("0", "1")]
+    assert result["mean"]["maft"]["miou"] == pytest.approx(sum(values) / 2)

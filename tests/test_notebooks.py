@@ -20,11 +20,13 @@ def test_every_notebook_runs_with_the_smoke_profile(smoke_run):
                 "05 · Ablations", "06 · Visualisations", "07 · SAM"):
         assert key in report
     for figure in ("00_samples.png", "01_score_vs_iou.png", "02_attention_masks.png", "03_training_curves.png",
-                   "04_clip_only.png", "05_ablations.png", "06_explorer_static.png"):
+                   "04_clip_only.png", "05_story.png", "06_explorer_static.png"):
         assert (out / "figures" / figure).stat().st_size > 1000, figure
     zero_shot = json.loads((out / "metrics" / "04.json").read_text())
     assert [r["classifier"] for r in zero_shot["clip_only"]][:3] == [
         "frozen CLIP, mask & crop", "frozen IP-CLIP", "MAFT IP-CLIP"]
+    story = json.loads((out / "metrics" / "05.json").read_text())  # the smoke profile runs the quick story
+    assert story["proposals"]["test"] == "segments" and {"crop", "frozen", "ma_only", "maft"} <= set(story["mean"])
 
 
 def test_rerun_reproduces_the_metrics(smoke_run, tmp_path):

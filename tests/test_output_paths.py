@@ -124,7 +124,7 @@ def test_bench_out(blocker, capsys, monkeypatch):
 
 
 def test_world_outs(blocker, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("maft.study.ensure_world_clip", never)
+    monkeypatch.setattr("maft.story.ensure_world_clip", never)
     monkeypatch.setattr("maft.world.pretrain.ensure_world_clip", never)
     monkeypatch.setattr("maft.world.pretrain.load_clip", never)
     monkeypatch.setattr("maft.cli.world.save_scene_grid", never)

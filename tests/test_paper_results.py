@@ -61,6 +61,31 @@ def test_transcription_matches_the_paper_text(key):
         assert row["values"] == values, name
 
 
+# Table 4's sub-tables share one block of the text; each row starts with its name (the text writes
+# "+ $ft (\mathcal{L}_{ma})$" for "+ ft (L_ma)", "500 iters", "8" ...), values follow in column order.
+TABLE4_ROW_STARTS = {"FreeSeg": "FreeSeg\t", "+ IP-CLIP": "+ IP-CLIP\t", "+ ft (L_ma)": "+ $ft (\\mathcal{L}_{ma})$",
+                     "+ ft (L_ma + L_dis)": "+ $ft \\left(\\mathcal{L}_{ma} + \\mathcal{L}_{dis}\\right)$"}
+
+
+@pytest.mark.parametrize("key", ["4a", "4c", "4e"])
+def test_table4_transcription_matches_the_paper_text(key):
+    lines = _paper_text("maft-paper.txt").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Table 4:"))
+    block = lines[start:start + 70]
+    spec = load_paper_results()["tables"][key]
+    for row in spec["rows"]:
+        prefix = TABLE4_ROW_STARTS.get(row["method"], row["method"] + "\t")
+        # 4a's "FreeSeg" row and the L rows "0".."10" are unique at the start of a line in this block
+        found = [line for line in block if line.startswith(prefix)]
+        if key == "4e":  # the start-layer rows follow the "(e)" caption; "0".."10" appear nowhere else first
+            tail = block[next(i for i, line in enumerate(block) if line.startswith("(e)")):]
+            found = [line for line in tail if line.split("\t")[0] == row["method"]]
+        assert found, f"{key}: row {row['method']!r} not found"
+        printed = [float(n) for n in NUMBER.findall(found[0].split("\t", 1)[1])][::2] if key == "4a" and \
+            row["method"] != "FreeSeg" else [float(n) for n in NUMBER.findall(found[0].split("\t", 1)[1])]
+        assert printed[:len(row["values"])] == row["values"], (key, row["method"], printed)
+
+
 # Cells where the paper's own printed numbers disagree with each other (as printed, not our typos).
 GAIN_MISPRINTS = {("2", "ZegFormer+MAFT", "COCO-Stuff", "mIoU^u"),  # 31.6 over 23.0 printed +7.6
                   ("2", "ZSSeg+MAFT", "COCO-Stuff", "mIoU^u")}  # 35.9 over 27.4 printed +8.3
@@ -101,7 +126,7 @@ def test_hiou_is_the_harmonic_mean_of_the_transcribed_values():
                     checked += 1
                     if abs(2 * seen * unseen / (seen + unseen) - hiou) > 0.16:
                         mismatches.add((key, row["method"], dataset))
-    assert checked == (10 * 3 - 4) + 6 * 3 + 2 * 2 and mismatches == HIOU_MISPRINTS  # Tables 1, 2, 5a
+    assert checked == (10 * 3 - 4) + 6 * 3 + 4 + 6 + 2 * 2 and mismatches == HIOU_MISPRINTS  # Tables 1, 2, 4a, 4e, 5a
 
 
 def test_released_numbers_match_the_notes():
@@ -114,7 +139,7 @@ def test_released_numbers_match_the_notes():
 
 
 def test_cells_by_paper_name_or_maft_dataset():
-    assert tables() == ["1", "2", "3", "5a", "5b", "released"]
+    assert tables() == ["1", "2", "3", "4a", "4c", "4e", "5a", "5b", "released"]
     assert paper_value("2", "FreeSeg + MAFT", "Pascal-VOC", "mIoU^u") == 84.7
     assert paper_value("2", "FreeSeg + MAFT", "voc20", "mIoU^u") == 84.7
     assert paper_value("1", "FreeSeg + MAFT", "ade847", "hIoU") == 12.4
