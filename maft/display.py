@@ -5,7 +5,8 @@ notebooks and their HTML exports.
 never activates and a figure displays as its text repr (``<Figure size 1100x420 with 2 Axes>``).
 Importing ``maft.viz`` inside an IPython shell therefore calls :func:`enable_notebook_figures`, which
 registers a PNG representation for ``Figure`` with the shell's display formatter. The PNG lands in the
-cell's output (as ``image/png``), so executed notebooks and nbconvert's HTML carry the picture too.
+cell's output (as ``image/png``), so executed notebooks and nbconvert's HTML carry the picture too; a
+figure saved with ``nb.save`` also carries its file name (``metadata["image/png"]["maft_figure"]``).
 """
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def figure_png(fig, dpi: float | None = None) -> bytes:
     return buffer.getvalue()
 
 
+# Attribute :meth:`maft.notebook.Notebook.save` sets on a figure it wrote: the file's name travels with
+# the displayed PNG as output metadata, so a reader's tools (and our tests) can tell which saved figure
+# an output shows without guessing from timestamps.
+FIGURE_NAME_ATTR = "_maft_figure_file"
+
+
+def _figure_display(fig):
+    png = figure_png(fig)
+    name = getattr(fig, FIGURE_NAME_ATTR, None)
+    # IPython formatters may return (data, metadata); the metadata lands in the cell output
+    return (png, {"maft_figure": name}) if name else png
+
+
 def enable_notebook_figures(shell=None) -> bool:
     """Register :func:`figure_png` as the PNG display of ``matplotlib.figure.Figure`` in ``shell``
     (default: the running IPython shell). Returns True when figures display as images afterwards,
@@ -46,5 +60,5 @@ def enable_notebook_figures(shell=None) -> bool:
             pass
     if "image/png" not in formatters:
         return False
-    formatters["image/png"].for_type(Figure, figure_png)
+    formatters["image/png"].for_type(Figure, _figure_display)
     return True

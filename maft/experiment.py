@@ -21,7 +21,7 @@ import torch
 from .baseline import FrozenCLIP
 from .checkpoints import load_finetuned
 from .clip import load_clip
-from .config import eval_settings, with_defaults
+from .config import apply_overrides, eval_settings, with_defaults
 from .datasets import build_dataset
 from .inference import Segmenter
 from .ipclip import IPCLIP
@@ -167,9 +167,11 @@ class Experiment:
         """IP-CLIP on a copy of the tower with the fine-tuned parameters of ``checkpoint``."""
         return build_ipclip(self.config, self.model.visual, checkpoint)
 
-    def crop(self, merge: str = "mask_and_crop") -> FrozenCLIP:
-        """The frozen-CLIP two-step baseline (ZegFormer's merge operations) on the same tower."""
-        return FrozenCLIP(self.model.visual, merge=merge).eval()
+    def crop(self, merge: str | None = None) -> FrozenCLIP:
+        """The frozen-CLIP two-step baseline on the same tower, with the config's ``eval.merge`` (or
+        ``merge``) and ``eval.input_size``: the very classifier ``eval.classifier=frozen`` evaluates."""
+        overrides = ["eval.classifier=frozen"] + ([f"eval.merge={merge}"] if merge is not None else [])
+        return build_classifier(apply_overrides(self.config, overrides), self.model).to(self.device)
 
     def classifier(self, checkpoint=None) -> torch.nn.Module:
         """The proposal classifier ``eval.classifier`` names (see :func:`build_classifier`)."""

@@ -14,6 +14,7 @@ from typing import Iterable
 from matplotlib.figure import Figure
 
 from .config import load
+from .display import FIGURE_NAME_ATTR
 
 FIGURE_DPI = 110
 
@@ -31,6 +32,7 @@ class Notebook:
         """Write ``fig`` as ``figures/<name>.png`` (remembered in ``saved``, in order) and return it."""
         path = self.figures / f"{name}.png"
         fig.savefig(path, dpi=FIGURE_DPI)
+        setattr(fig, FIGURE_NAME_ATTR, path.name)
         if path not in self.saved:
             self.saved.append(path)
         return fig

@@ -35,7 +35,7 @@ from .bench import count_flops
 from .clip import clip_normalisation, preprocess_images
 from .config import apply_overrides, load
 from .evaluate import evaluate_config
-from .experiment import Experiment, build_classifier, build_experiment, build_ipclip, proposal_section
+from .experiment import Experiment, build_experiment, build_ipclip, proposal_section
 from .inference import classify_proposals
 from .paper_results import paper_value
 from .report import markdown_table
@@ -101,7 +101,7 @@ def _evaluate(config: dict, name: str, folder: Path, checkpoint=None, on_gt: boo
 def encoder_gflops(experiment: Experiment, images: int = 5) -> dict:
     """GFLOPs of the CLIP image encoder per test image on its test proposals (mean over ``images``):
     IP-CLIP (one pass; the same for frozen and fine-tuned) and crop-and-classify (one pass per proposal)."""
-    crop = build_classifier(apply_overrides(experiment.config, ["eval.classifier=frozen"]), experiment.model)
+    crop = experiment.crop()
     classifiers = {"ipclip": experiment.frozen, "crop": crop}
     totals = {name: [] for name in classifiers}
     for index in range(min(images, len(experiment.dataset))):

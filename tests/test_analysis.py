@@ -84,6 +84,20 @@ def test_score_iou_points_match_a_direct_computation(world_parts):
     assert whole and all(p["iou"] == pytest.approx(1.0) for p in whole)
 
 
+def test_the_crop_baseline_is_the_classifier_eval_classifier_frozen_evaluates(world_parts):
+    # the world config crops to the world CLIP's pretraining size (eval.input_size 64), not to the
+    # 128 px the tower runs IP-CLIP at: notebooks and the story once cropped differently
+    crop = world_parts.crop()
+    assert world_parts.config["eval"]["input_size"] == 64 and crop.input_size == 64
+    assert crop.merge == "mask_and_crop" and world_parts.crop(merge="mask").merge == "mask"
+    configured = experiment.build_classifier(config.apply_overrides(world_parts.config, ["eval.classifier=frozen"]),
+                                             world_parts.model)
+    torch.testing.assert_close(analysis.classify_sample(world_parts, crop, 0).probs,
+                               analysis.classify_sample(world_parts, configured, 0).probs, rtol=0, atol=0)
+    at_tower_size = analysis.classify_sample(world_parts, crop.__class__(world_parts.model.visual), 0).probs
+    assert not torch.allclose(at_tower_size, analysis.classify_sample(world_parts, crop, 0).probs, atol=1e-3)
+
+
 def test_seen_only_scores_are_a_softmax_over_the_seen_classes(world_parts):
     seen = world_parts.dataset.seen
     view = analysis.classify_sample(world_parts, world_parts.frozen, 0, class_ids=seen)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import re
-from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -24,36 +23,18 @@ def _outputs(cell) -> list[dict]:
     return [o for o in cell.get("outputs", []) if o.get("output_type") in ("display_data", "execute_result")]
 
 
-def _cell_window(cell) -> tuple[float, float] | None:
-    meta = cell.get("metadata", {}).get("papermill", {})
-    if not meta.get("start_time") or not meta.get("end_time"):
-        return None
-    return (datetime.fromisoformat(meta["start_time"]).timestamp(),
-            datetime.fromisoformat(meta["end_time"]).timestamp())
-
-
-def figures_saved_per_cell(executed: Path, figures: Path) -> dict[int, list[str]]:
-    """Cell index -> the figure files (in ``figures``) whose modification time falls inside that cell's
-    run (papermill records each cell's start and end): the cells that drew a figure."""
+def shown_figure_names(executed: Path) -> list[str]:
+    """The saved figure files the executed notebook shows as PNGs (``nb.save`` tags each figure with
+    its file name, which the display hook puts in the output's metadata)."""
     cells = nbformat.read(executed, as_version=4).cells
-    windows = {i: w for i, c in enumerate(cells) if c.cell_type == "code" and (w := _cell_window(c))}
-    prefix = executed.name.split("_")[0] + "_"
-    saved: dict[int, list[str]] = {}
-    for png in sorted(figures.glob(prefix + "*.png")):
-        mtime = png.stat().st_mtime
-        # one cell ends as the next starts: the owner is the cell whose run holds the file's time (a
-        # little slack for the file system's clock), the latest-starting one if two touch
-        inside = [i for i, (start, end) in windows.items() if start <= mtime <= end + 0.05]
-        near = inside or [i for i, (start, end) in windows.items() if start - 0.05 <= mtime <= end + 0.05]
-        assert near, f"{png.name} (mtime {mtime}) lies outside every cell's run"
-        owner = max(near, key=lambda i: windows[i][0])
-        saved.setdefault(owner, []).append(png.name)
-    return saved
+    return [o.get("metadata", {}).get("image/png", {}).get("maft_figure")
+            for cell in cells for o in _outputs(cell) if "image/png" in o.get("data", {})]
 
 
 def test_every_drawn_figure_is_shown_as_a_png(smoke_run):
     out, runs = smoke_run
     problems = []
+    drew = set()
     for run in runs:
         cells = nbformat.read(run.output, as_version=4).cells
         for index, cell in enumerate(cells):
@@ -61,12 +42,13 @@ def test_every_drawn_figure_is_shown_as_a_png(smoke_run):
                 data = output.get("data", {})
                 if data.get("text/plain", "").startswith("<Figure size") and "image/png" not in data:
                     problems.append(f"{run.notebook} cell {index}: a figure shown as text, no image/png")
-        for index, names in figures_saved_per_cell(run.output, out / "figures").items():
-            shown = sum("image/png" in o.get("data", {}) for o in _outputs(cells[index]))
-            if shown < len(names):
-                problems.append(f"{run.notebook} cell {index} saved {names} but shows {shown} PNG(s)")
+        prefix = run.notebook.split("_")[0]
+        saved = sorted(p.name for p in (out / "figures").glob(prefix + "_*.png"))
+        shown = shown_figure_names(run.output)
+        problems += [f"{run.notebook} saved {name} but does not show it" for name in saved if name not in shown]
+        if saved:
+            drew.add(prefix)
     assert not problems, "\n".join(problems)
-    drew = {run.notebook.split("_")[0] for run in runs if figures_saved_per_cell(run.output, out / "figures")}
     assert drew == set(DRAWING), f"notebooks that drew figures: {sorted(drew)}"
 
 

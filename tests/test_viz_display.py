@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from maft import viz
 from maft.display import enable_notebook_figures, figure_png
+from maft.notebook import setup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["sky", "road", "car", "tree"]
@@ -41,6 +42,18 @@ def test_a_format_already_chosen_for_figures_is_kept():
     assert enable_notebook_figures(shell) is True
     data, _ = shell.display_formatter.format(_figure())
     assert data["image/svg+xml"] == "<svg/>" and "image/png" not in data
+
+
+def test_a_figure_saved_by_the_notebook_carries_its_file_name_into_the_output(tmp_path):
+    shell = SimpleNamespace(display_formatter=DisplayFormatter())
+    enable_notebook_figures(shell)
+    nb = setup(tmp_path)
+    saved = nb.save(_figure(), "09_example")
+    data, metadata = shell.display_formatter.format(saved)
+    assert (tmp_path / "figures" / "09_example.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert data["image/png"][:8] == PNG_SIGNATURE and metadata["image/png"] == {"maft_figure": "09_example.png"}
+    _, unsaved = shell.display_formatter.format(_figure())
+    assert "image/png" not in unsaved  # a figure nobody saved carries no name
 
 
 def test_outside_ipython_nothing_is_registered():
