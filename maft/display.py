@@ -34,17 +34,36 @@ def figure_png(fig, dpi: float | None = None) -> bytes:
 FIGURE_NAME_ATTR = "_maft_figure_file"
 
 
-def _figure_display(fig):
-    png = figure_png(fig)
+def _with_name(fig, result):
+    """``result`` of a PNG formatter with the saved file's name of ``fig`` added as output metadata."""
     name = getattr(fig, FIGURE_NAME_ATTR, None)
+    if not name or result is None:
+        return result
+    data, metadata = result if isinstance(result, tuple) else (result, {})
     # IPython formatters may return (data, metadata); the metadata lands in the cell output
-    return (png, {"maft_figure": name}) if name else png
+    return data, {**(metadata or {}), "maft_figure": name}
+
+
+def _figure_display(fig):
+    return _with_name(fig, figure_png(fig))
+
+
+class _Named:
+    """Another PNG formatter for Figure (the inline backend's, once pyplot is imported), with the
+    saved file's name added to its output, so figures drawn through pyplot carry it too."""
+
+    def __init__(self, formatter):
+        self.formatter = formatter
+
+    def __call__(self, fig):
+        return _with_name(fig, self.formatter(fig))
 
 
 def enable_notebook_figures(shell=None) -> bool:
     """Register :func:`figure_png` as the PNG display of ``matplotlib.figure.Figure`` in ``shell``
     (default: the running IPython shell). Returns True when figures display as images afterwards,
-    False outside IPython. Idempotent; a format already registered for Figure is kept."""
+    False outside IPython. Idempotent; a format already registered for Figure is kept (a PNG one is
+    wrapped so that it adds the saved file's name)."""
     shell = shell if shell is not None else get_ipython()
     if shell is None or getattr(shell, "display_formatter", None) is None:
         return False
@@ -54,10 +73,12 @@ def enable_notebook_figures(shell=None) -> bool:
         if formatter is None:
             continue
         try:
-            formatter.lookup_by_type(Figure)
-            return True  # already shown as an image (ours, the inline backend's or the user's)
+            registered = formatter.lookup_by_type(Figure)
         except KeyError:
-            pass
+            continue
+        if mimetype == "image/png" and registered is not _figure_display and not isinstance(registered, _Named):
+            formatter.for_type(Figure, _Named(registered))
+        return True  # already shown as an image (ours, the inline backend's or the user's)
     if "image/png" not in formatters:
         return False
     formatters["image/png"].for_type(Figure, _figure_display)

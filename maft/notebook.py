@@ -14,7 +14,7 @@ from typing import Iterable
 from matplotlib.figure import Figure
 
 from .config import load
-from .display import FIGURE_NAME_ATTR
+from .display import FIGURE_NAME_ATTR, enable_notebook_figures
 
 FIGURE_DPI = 110
 
@@ -33,6 +33,9 @@ class Notebook:
         path = self.figures / f"{name}.png"
         fig.savefig(path, dpi=FIGURE_DPI)
         setattr(fig, FIGURE_NAME_ATTR, path.name)
+        # pyplot's inline backend, imported after maft.viz, replaces the PNG display; wrap it again so
+        # that the shown figure still names its file
+        enable_notebook_figures()
         if path not in self.saved:
             self.saved.append(path)
         return fig

@@ -56,6 +56,21 @@ def test_a_figure_saved_by_the_notebook_carries_its_file_name_into_the_output(tm
     assert "image/png" not in unsaved  # a figure nobody saved carries no name
 
 
+def test_a_png_display_registered_by_pyplot_s_inline_backend_is_wrapped_to_name_the_file(tmp_path):
+    # notebook 00 imports pyplot after maft.viz: the inline backend replaces the PNG display for Figure
+    shell = SimpleNamespace(display_formatter=DisplayFormatter())
+    enable_notebook_figures(shell)
+    inline_calls = []
+    shell.display_formatter.formatters["image/png"].for_type(
+        Figure, lambda fig: inline_calls.append(fig) or figure_png(fig))
+    assert enable_notebook_figures(shell) is True
+    assert enable_notebook_figures(shell) is True  # wrapping twice would still name it, once
+    saved = setup(tmp_path).save(_figure(), "00_counts")
+    data, metadata = shell.display_formatter.format(saved)
+    assert inline_calls == [saved]  # the inline backend's own PNG, not ours
+    assert data["image/png"][:8] == PNG_SIGNATURE and metadata["image/png"] == {"maft_figure": "00_counts.png"}
+
+
 def test_outside_ipython_nothing_is_registered():
     assert enable_notebook_figures(SimpleNamespace()) is False  # no display formatter: not a shell
     assert figure_png(_figure())[:8] == PNG_SIGNATURE
