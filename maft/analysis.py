@@ -63,6 +63,9 @@ def classify_sample(experiment: Experiment, classifier, index: int,
     sample = experiment.dataset[index]
     result = experiment.segmenter(classifier, class_ids)(sample)
     proposals = result.proposals
+    if proposals.kinds is None:  # a generator that knows no regions (SAM, files): nothing to pick by kind
+        return ProposalView(index, sample["image"], sample["label"], result.masks, result.clip_probs,
+                            ["proposal"] * len(proposals), None, [], [])
     picked = pick_proposals(proposals.kinds, proposals.source_class)
     return ProposalView(index, sample["image"], sample["label"], result.masks, result.clip_probs,
                         list(proposals.kinds), proposals.source_class, picked,
@@ -75,7 +78,7 @@ def images_with_several_kinds(dataset, generator, count: int,
     found = []
     for index in range(len(dataset)):
         proposals = generator(dataset[index])
-        if len(proposals) and len(pick_proposals(proposals.kinds, proposals.source_class, kinds)) == len(kinds):
+        if len(proposals) and proposals.kinds is not None and len(pick_proposals(proposals.kinds, proposals.source_class, kinds)) == len(kinds):
             found.append(index)
             if len(found) == count:
                 break

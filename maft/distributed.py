@@ -83,6 +83,10 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
     def global_indices(self, step: int) -> list[int]:
         return [self._position(step * self.global_batch + i) for i in range(self.global_batch)]
 
+    def drawn(self) -> list[int]:
+        """Every dataset index that steps ``start .. iterations-1`` draw, over all ranks, sorted."""
+        return sorted({i for step in range(self.start, self.iterations) for i in self.global_indices(step)})
+
     def __iter__(self) -> Iterator[list[int]]:
         share = self.global_batch // self.world
         for step in range(self.start, self.iterations):

@@ -335,7 +335,8 @@ def sam_checkpoint(model_type: str, directory: str | os.PathLike | None = None, 
     """The official SAM checkpoint of ``model_type`` (vit_h, vit_l, vit_b), downloaded when missing."""
     registry = load_registry()
     # Official names are sam_<model type>_<md5 prefix>.pth, e.g. sam_vit_b_01ec64.pth.
-    names = {"_".join(name.split("_")[1:3]): name for name, entry in registry.files.items() if entry.group == "sam"}
+    names = {name.removeprefix("sam_").rsplit("_", 1)[0]: name
+             for name, entry in registry.files.items() if entry.group == "sam"}
     if model_type not in names:
         raise ValueError(f"unknown SAM model type {model_type!r}; choose from {', '.join(sorted(names))}")
     return fetch(names[model_type], directory or weights_dir(), progress=progress, registry=registry)

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import open_clip
@@ -25,7 +26,8 @@ from .config import apply_overrides, eval_settings, with_defaults
 from .datasets import build_dataset
 from .inference import Segmenter
 from .ipclip import IPCLIP
-from .proposals import build_proposal_generator
+from . import paths
+from .proposals import CachedProposals, build_proposal_generator, generator_record
 from .text import text_classifier
 from .world.pretrain import MODEL_NAME as WORLD_MODEL_NAME, ensure_world_clip
 
@@ -82,9 +84,18 @@ def build_generator(config: dict[str, Any], split: str = "train", **extra):
     config = with_defaults(config)
     proposals = proposal_section(config, split)
     settings = {**(proposals.get("settings") or {}), **extra}
-    if proposals["kind"] == "gt":
+    kind = proposals["kind"]
+    if kind == "gt":
         settings.setdefault("seed", config["seed"])  # GT corruptions follow the experiment's seed
-    return build_proposal_generator(proposals["kind"], **settings)
+    # SAM's proposals are kept on disk by default (seconds per image); any kind may set cache: true | PATH
+    cache = settings.pop("cache", kind == "sam")
+    if not cache or "model" in settings:  # a ready model object has no settings to key a cache by
+        return build_proposal_generator(kind, **settings)
+    record = generator_record(kind, settings)
+    root = paths.cache_dir("proposals") if cache is True else paths.REPO_ROOT / Path(cache).expanduser()
+    dataset = Path(str(config["data"]["dataset"])).stem  # a user's dataset path: its folder name
+    folder = CachedProposals.folder(root, dataset, kind, record)
+    return CachedProposals(lambda: build_proposal_generator(kind, **settings), folder, record)
 
 
 def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu",
@@ -203,8 +214,9 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
     ``text_classes``: "all" (the dataset's classes), "seen" (the seen ones, as in training) or a list of
     names. ``model``: an already loaded ``(clip_model, preprocess, tokenizer)`` to reuse; ``generator``: a
     ready proposal generator to use instead of the config's. ``proposals``: None (the split's proposals,
-    :func:`proposal_section`) or "train" (the training proposals on any split, e.g. GT-derived ones of
-    known quality for the mask-awareness diagnostic).
+    :func:`proposal_section`), "train" (the training proposals on any split) or "gt" (GT-derived
+    proposals of known quality for the mask-awareness diagnostic: the training section when it is
+    GT-derived, else GT corruptions with their default settings, e.g. in a SAM profile).
     """
     config = with_defaults(config)
     clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
@@ -227,10 +239,12 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
         classes, class_ids, prompts = list(text_classes), None, None
     # the generator before the text classifier: a missing proposal folder fails in a second, not after
     # minutes of encoding prompts
-    if proposals not in (None, "train"):
-        raise ValueError(f"proposals must be None or 'train', got {proposals!r}")
-    if generator is None:
-        generator = build_generator(config, "train" if proposals == "train" or split != "eval" else "eval")
+    if proposals not in (None, "train", "gt"):
+        raise ValueError(f"proposals must be None, 'train' or 'gt', got {proposals!r}")
+    if generator is None and proposals == "gt" and config["proposals"]["kind"] != "gt":
+        generator = build_generator(apply_overrides(config, ["proposals={kind: gt, settings: {}}"]), "train")
+    elif generator is None:
+        generator = build_generator(config, "train" if proposals in ("train", "gt") or split != "eval" else "eval")
     with torch.no_grad():
         text = build_text_classifier(config, clip_model, tokenizer, classes, device=device, prompts=prompts)
     return Experiment(config=config, device=device, model=clip_model, tokenizer=tokenizer, dataset=dataset,

@@ -159,3 +159,25 @@ def comparison_markdown(rows: Sequence[Mapping[str, Any]], digits: int = 2) -> s
                       "difference": None if difference is None else f"{difference:+.{digits}f}"})
     columns = list(COLUMNS) + (["label"] if any(r.get("label") for r in rows) else [])
     return markdown_table(shown, columns=columns, digits=digits)
+
+
+def measured_beside_paper(paper: Mapping[str, Mapping[str, Any]], rows: Sequence[Mapping[str, Any]],
+                          transfer_rows: Sequence[Mapping[str, Any]] = (), dataset: str | None = None
+                          ) -> list[dict[str, Any]]:
+    """:func:`compare`'s rows for notebook 04's results. ``paper`` maps one of our rows, by its
+    ``classifier`` label (a transfer row: ``"<transfer name> / <label>"``), to the paper row it
+    reproduces: ``{table, method, dataset?}`` (``dataset`` defaults to the transfer's or ``dataset``).
+    A label the notebook did not produce is an error naming it and the labels there are."""
+    ours = {row["classifier"]: (row, dataset) for row in rows}
+    ours.update({f"{row['transfer']} / {row['classifier']}": (row, row.get("dataset") or row["transfer"])
+                 for row in transfer_rows})
+    measured = []
+    for label, target in paper.items():
+        if label not in ours:
+            raise ValueError(f"paper: no measured row {label!r}; rows: {', '.join(ours)}")
+        row, row_dataset = ours[label]
+        if not isinstance(target, Mapping) or not {"table", "method"} <= set(target):
+            raise ValueError(f"paper[{label!r}] must be a mapping with table and method, got {target!r}")
+        measured.append({**row, "table": target["table"], "method": target["method"],
+                         "dataset": target.get("dataset") or row_dataset, "label": label})
+    return compare(measured)

@@ -132,6 +132,8 @@ def build_predict_generator(config: dict, proposals) -> Callable:
     config = copy.deepcopy(config)
     if config["proposals"].get("kind") != proposals:
         config["proposals"] = {"kind": proposals, "settings": {}}
+    # one photo: no proposal cache (it is keyed by dataset image ids) unless the config asks for one
+    config["proposals"]["settings"] = {"cache": False, **(config["proposals"].get("settings") or {})}
     return build_generator(config)
 
 

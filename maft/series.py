@@ -19,6 +19,7 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
+from .fetch import describe_steps, fetch_profile
 from .htmlexport import notebook_to_html, report_to_html
 from .paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
 from .progress import progress_bar
@@ -96,6 +97,10 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     if unused and not only:
         raise ValueError(f"profile {profile!r} sets {unused}, which no notebook declares in its parameters "
                          f"cell (a typo?)")
+    # datasets and SAM proposals first: a missing file fails now, not in notebook 03 an hour in
+    steps = fetch_profile(parameters, progress=progress)
+    if steps and progress:
+        print(f"profile {parameters['profile']}: data and proposals\n{describe_steps(steps)}")
     for notebook in progress_bar(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb",
                                  disable=not progress):
         executed = out / notebook.name

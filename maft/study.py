@@ -137,7 +137,7 @@ def score_iou_points(experiment: Experiment, classifiers: dict, max_images: int 
                 continue
             if proposals.source_class is None:
                 raise ValueError("score_iou_points needs GT-derived proposals (they know their source region); "
-                                 "build the experiment with proposals='train' and a 'gt' proposals section")
+                                 "build the experiment with proposals='gt'")
             sources = proposals.source_class.to(result.masks.device)
             classes = torch.unique(sources)
             ious = region_ious(result.masks, sample["label"], classes)

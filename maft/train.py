@@ -62,6 +62,7 @@ from .experiment import build_experiment, build_ipclip
 from .losses import batch_denominators, iou_targets, maft_objective
 from .paths import check_output_path, resolve_output_path
 from .progress import progress_bar
+from .proposals import CachedProposals
 from .trainable import norm_parameter_names, set_trainable
 
 
@@ -466,6 +467,12 @@ def _frozen_teacher(visual: nn.Module) -> nn.Module:
     return teacher
 
 
+def drawn_images(config: dict, num_images: int, start: int = 0) -> list[int]:
+    """The dataset indices that steps ``start ..`` of this training run draw (over all processes)."""
+    cfg = training_config(config)["train"]
+    return GlobalBatchSampler(num_images, cfg["batch_size"], int(config["seed"]), start, cfg["iterations"]).drawn()
+
+
 def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> torch.utils.data.DataLoader:
     cfg = config["train"]
     augmentation = augmentation_settings(cfg["augmentation"])
@@ -473,10 +480,17 @@ def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> t
     sampler = GlobalBatchSampler(len(parts.dataset), cfg["batch_size"], int(config["seed"]), start,
                                  cfg["iterations"], ddp.rank, ddp.world, with_positions=augmentation is not None)
     dataset = parts.dataset
+    if isinstance(parts.generator, CachedProposals):
+        # the images this run draws get their proposals now, in this process: SAM on a GPU cannot run in
+        # forked DataLoader workers, and every rank then reads the same files
+        if ddp.main:
+            parts.generator.fill(dataset, sampler.drawn(), desc="training proposals (cached once)")
+        ddp.broadcast(None)  # the other ranks wait for the cache
     if augmentation is not None:
-        # proposals read from files were made on the original image: they are read first and moved
-        # with it; every other generator runs on the augmented sample (as the authors' does)
-        precomputed = parts.generator if kind == "file" or kind.startswith("file:") else None
+        # proposals read from files or a cache (SAM's) are made on the original image: they are read
+        # first and moved with it; every other generator runs on the augmented sample (as the authors')
+        stored = kind == "file" or kind.startswith("file:") or isinstance(parts.generator, CachedProposals)
+        precomputed = parts.generator if stored else None
         dataset = AugmentedDataset(dataset, TrainAugmentation(parts.ignore_index, **augmentation),
                                    int(config["seed"]), precomputed)
     if cfg["num_workers"] and kind in WithProposals.KINDS:

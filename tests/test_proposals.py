@@ -12,7 +12,7 @@ from PIL import Image
 
 from maft.paths import dataset_dir
 from maft.proposals import (GT_KINDS, FileProposals, GTProposals, Mask2FormerProposals, Proposals,
-                            SAMProposals, build_proposal_generator, export_proposals, load_mask2former,
+                            SAMProposals, build_proposal_generator, build_sam, export_proposals, load_mask2former,
                             load_proposals, load_sam, proposal_iou, save_proposals)
 from maft.proposals.gt import _half_plane_part
 
@@ -240,20 +240,26 @@ def test_load_sam_reports_missing_checkpoint(tmp_path):
         load_sam("vit_x", checkpoint=missing)
 
 
-def test_load_sam_loads_weights_and_rejects_foreign_ones(tmp_path, monkeypatch):
+def test_build_sam_gives_the_official_layout_and_load_sam_loads_weights_and_rejects_foreign_ones(tmp_path):
     import segment_anything
 
-    # the registry's vit_b builder replaced by the tiny one, so the loading path runs in milliseconds
-    monkeypatch.setitem(segment_anything.sam_model_registry, "vit_b",
-                        lambda checkpoint=None: tiny_sam(seed=1))
-    trained = tiny_sam(seed=0)
+    ours = {k: tuple(v.shape) for k, v in build_sam("vit_b").state_dict().items()}
+    official = {k: tuple(v.shape) for k, v in segment_anything.sam_model_registry["vit_b"]().state_dict().items()}
+    assert ours == official and len(ours) == 314  # the same parameters as segment_anything's builder
+    torch.manual_seed(0)
+    trained = build_sam("maft_test")
     torch.save(trained.state_dict(), tmp_path / "sam.pth")
-    loaded = load_sam("vit_b", checkpoint=tmp_path / "sam.pth")
+    loaded = load_sam("maft_test", checkpoint=tmp_path / "sam.pth")
+    assert loaded.image_encoder.img_size == 128
     for (name, value), (_, expected) in zip(loaded.state_dict().items(), trained.state_dict().items()):
         assert torch.equal(value, expected), name
     torch.save(tiny_sam(dim=16).state_dict(), tmp_path / "other.pth")
     with pytest.raises(ValueError, match="other.pth"):
-        load_sam("vit_b", checkpoint=tmp_path / "other.pth")
+        load_sam("maft_test", checkpoint=tmp_path / "other.pth")
+    with pytest.raises(FileNotFoundError, match="maft download sam vit_b"):
+        load_sam("vit_b", checkpoint=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown model_type 'vit_x'"):
+        load_sam("vit_x", checkpoint=tmp_path / "sam.pth")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,25 +19,28 @@ Sources (``build_proposal_generator(kind, **settings)``):
 - ``"file"``: :class:`FileProposals`, proposals precomputed by anything else, stored per image.
 
 Layout: :mod:`.types` (the result type), :mod:`.gt`, :mod:`.segments`, :mod:`.sam`, :mod:`.mask2former`,
-:mod:`.files` (the on-disk format), :mod:`.quality` (best IoU per region, the upper bound); this module
+:mod:`.files` (the on-disk format), :mod:`.cache` (computed once per image, keyed by the settings), :mod:`.quality` (best IoU per region, the upper bound); this module
 is the factory.
 """
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+from pathlib import Path
+from typing import Any, Callable
 
+from .cache import CachedProposals, settings_digest
 from .files import FILE_SUFFIXES, FileProposals, export_proposals, load_proposals, save_proposals
 from .gt import ALL_GT_KINDS, GT_KINDS, GTProposals, sample_rng
 from .mask2former import Mask2FormerProposals, load_mask2former
-from .sam import SAM_CHECKPOINTS, SAMProposals, load_sam
+from .sam import SAM_ARCHS, SAM_CHECKPOINTS, SAMProposals, build_sam, load_sam
 from .segments import SegmentProposals
 from .types import IGNORE_INDEX, Proposals, proposal_iou
 
 __all__ = [
-    "ALL_GT_KINDS", "FILE_SUFFIXES", "GT_KINDS", "IGNORE_INDEX", "PROPOSAL_KINDS", "SAM_CHECKPOINTS",
+    "ALL_GT_KINDS", "CachedProposals", "FILE_SUFFIXES", "SAM_ARCHS", "GT_KINDS", "IGNORE_INDEX", "PROPOSAL_KINDS", "SAM_CHECKPOINTS",
     "FileProposals", "GTProposals", "Mask2FormerProposals", "Proposals", "SAMProposals", "SegmentProposals",
-    "build_proposal_generator", "export_proposals", "load_mask2former", "load_proposals", "load_sam",
-    "proposal_iou", "sample_rng", "save_proposals",
+    "build_proposal_generator", "build_sam", "export_proposals", "generator_record", "load_mask2former", "load_proposals", "load_sam",
+    "proposal_iou", "sample_rng", "save_proposals", "settings_digest",
 ]
 
 PROPOSAL_KINDS = ("gt", "segments", "sam", "mask2former", "file")
@@ -86,3 +89,36 @@ def build_proposal_generator(kind: str, **settings) -> Callable[[dict], Proposal
         return FileProposals(**settings)
     raise ValueError(f"unknown proposal generator kind {kind!r}; choose from {list(PROPOSAL_KINDS)} "
                      f"or 'file:DIR'")
+
+
+# Settings that never change what a generator outputs, so they do not key a cache.
+_RUNTIME_SETTINGS = {"device", "points_per_batch"}
+
+
+def generator_record(kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings that determine ``kind``'s proposals, defaults filled in (so a changed default never
+    reuses an old cache): what :class:`CachedProposals` records and keys its folder by. A SAM
+    checkpoint is recorded by file name and size (official names carry their md5 prefix)."""
+    record: dict[str, Any] = {"kind": kind}
+    if kind == "sam":
+        model_type = settings.get("model_type", "vit_h")
+        record["model_type"] = model_type
+        checkpoint = settings.get("checkpoint")
+        if checkpoint is None:
+            record["checkpoint"] = SAM_CHECKPOINTS.get(model_type, f"sam_{model_type}")
+        else:
+            path = Path(checkpoint)
+            record["checkpoint"] = path.name
+            record["checkpoint_bytes"] = path.stat().st_size if path.is_file() else None
+        defaults = {name: parameter.default for name, parameter in
+                    inspect.signature(SAMProposals.__init__).parameters.items()
+                    if name not in ("self", "sam_model")}
+        given = {k: v for k, v in settings.items() if k not in ("model_type", "checkpoint")}
+        unknown = sorted(set(given) - set(defaults) - _RUNTIME_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown SAM proposal settings {unknown}; known: "
+                             f"{sorted(set(defaults) | {'model_type', 'checkpoint', 'device', 'cache'})}")
+        record.update({**defaults, **given})
+    else:
+        record.update(settings)
+    return {k: v for k, v in record.items() if k not in _RUNTIME_SETTINGS}

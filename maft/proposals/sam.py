@@ -1,15 +1,20 @@
 """Segment Anything as the proposal generator (paper Sec. 5.4 uses SAM-H): its automatic mask generator.
 
 ``segment_anything`` is imported when SAM is used, so the rest of the package never pays for it.
+:func:`build_sam` builds any architecture of :data:`SAM_ARCHS` from segment_anything's own modules;
+:func:`load_sam` loads an official checkpoint into it (downloading it when none is named).
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..download import sam_checkpoint
 from .types import Proposals, image_hwc
 
 SAM_CHECKPOINTS = {
@@ -19,25 +24,83 @@ SAM_CHECKPOINTS = {
 }
 
 
+@dataclass(frozen=True)
+class SAMArch:
+    """One SAM architecture, in the terms of segment_anything's builder (``build_sam.py``)."""
+
+    embed_dim: int
+    depth: int
+    heads: int
+    global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    prompt_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_hidden_dim: int = 256
+
+
+SAM_ARCHS = {
+    "vit_h": SAMArch(1280, 32, 16, (7, 15, 23, 31)),
+    "vit_l": SAMArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_b": SAMArch(768, 12, 12, (2, 5, 8, 11)),
+    # Not a released model: SAM's layout at toy widths, for the CPU tests of the SAM profiles (random
+    # weights only, like the maft-test CLIP configs). Its checkpoint name is sam_maft_test_<tag>.pth.
+    "maft_test": SAMArch(32, 2, 2, (1,), image_size=128, prompt_dim=32, decoder_mlp_dim=64,
+                         decoder_heads=2, iou_hidden_dim=32),
+}
+
+
+def build_sam(model_type: str = "vit_h"):
+    """An untrained ``segment_anything`` ``Sam`` of ``model_type`` (eval mode), built from its own modules
+    as its ``build_sam.py`` does (the official types give the same parameters as ``sam_model_registry``)."""
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if model_type not in SAM_ARCHS:
+        raise ValueError(f"unknown SAM model type {model_type!r}; choose from {list(SAM_ARCHS)}")
+    arch = SAM_ARCHS[model_type]
+    patch = 16
+    grid = arch.image_size // patch
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth, embed_dim=arch.embed_dim, img_size=arch.image_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.heads, patch_size=patch,
+            qkv_bias=True, use_rel_pos=True, global_attn_indexes=arch.global_attn_indexes, window_size=14,
+            out_chans=arch.prompt_dim),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_dim, image_embedding_size=(grid, grid),
+            input_image_size=(arch.image_size, arch.image_size), mask_in_chans=16),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=arch.prompt_dim, mlp_dim=arch.decoder_mlp_dim,
+                                          num_heads=arch.decoder_heads),
+            transformer_dim=arch.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=arch.iou_hidden_dim),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
 def load_sam(model_type: str = "vit_h", checkpoint: str | os.PathLike | None = None,
              device: str | torch.device = "cpu"):
     """A ``segment_anything`` ``Sam`` of ``model_type`` with the weights of ``checkpoint`` (eval mode).
 
     The official checkpoints are sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth and sam_vit_b_01ec64.pth
-    (github.com/facebookresearch/segment-anything). Weights are loaded on the CPU first, so a
-    checkpoint saved from a GPU loads on a machine without one.
+    (github.com/facebookresearch/segment-anything); ``checkpoint=None`` takes the official one of
+    ``model_type`` from the weights folder, downloading it when missing (``maft.download.sam_checkpoint``).
+    Weights are loaded on the CPU first, so a checkpoint saved from a GPU loads on a machine without one.
     """
-    import segment_anything
-
-    if model_type not in SAM_CHECKPOINTS:
-        raise ValueError(f"load_sam: unknown model_type {model_type!r}; choose from {list(SAM_CHECKPOINTS)}")
-    if checkpoint is None or not Path(checkpoint).is_file():
+    if model_type not in SAM_ARCHS:
+        raise ValueError(f"load_sam: unknown model_type {model_type!r}; choose from {list(SAM_ARCHS)}")
+    if checkpoint is None:
+        checkpoint = sam_checkpoint(model_type)
+    if not Path(checkpoint).is_file():
         raise FileNotFoundError(
             f"load_sam: SAM checkpoint {str(checkpoint)!r} not found. Download the official "
-            f"{model_type} weights ({SAM_CHECKPOINTS[model_type]}; all: "
-            f"{', '.join(SAM_CHECKPOINTS.values())}) from github.com/facebookresearch/segment-anything "
-            f"and pass its path as checkpoint=...")
-    model = segment_anything.sam_model_registry[model_type](checkpoint=None)
+            f"{model_type} weights ({SAM_CHECKPOINTS.get(model_type, model_type)}; all: "
+            f"{', '.join(SAM_CHECKPOINTS.values())}) with `maft download sam {model_type}` or from "
+            f"github.com/facebookresearch/segment-anything, and pass its path as checkpoint=... "
+            f"(or leave it unset to download it)")
+    model = build_sam(model_type)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
