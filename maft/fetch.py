@@ -19,7 +19,6 @@ naming the file and how to provide it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import paths

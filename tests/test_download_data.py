@@ -70,6 +70,17 @@ def md5(data: bytes) -> str:
     return "md5:" + hashlib.md5(data).hexdigest()
 
 
+def use_voc_registry(monkeypatch, tmp_path: Path, files: dict) -> Path:
+    """A registry of ``files`` (name -> entry) and the shipped voc2012 recipe, in place of the shipped one."""
+    recipe = download.load_registry().datasets["voc2012"]
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"files": files, "datasets": {"voc2012": {
+        "title": recipe.title, "benchmarks": list(recipe.benchmarks), "after_unpack": recipe.after_unpack,
+        "files": [{"file": item.file} for item in recipe.files]}}}))
+    monkeypatch.setattr(download_registry, "REGISTRY_FILE", registry)
+    return registry
+
+
 @pytest.fixture
 def voc_mirror(monkeypatch, tmp_path):
     """The shipped registry's VOC entries with the tiny archives' sizes and md5s, served by the mirror."""
@@ -79,12 +90,7 @@ def voc_mirror(monkeypatch, tmp_path):
     for name, data in (("VOCtrainval_11-May-2012.tar", voc_tar), ("benchmark.tgz", sbd_tgz)):
         entry = shipped.file(name)
         files[name] = {"url": entry.url, "size": len(data), "hash": md5(data), "group": entry.group}
-    recipe = shipped.datasets["voc2012"]
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(yaml.safe_dump({"files": files, "datasets": {"voc2012": {
-        "title": recipe.title, "benchmarks": list(recipe.benchmarks), "after_unpack": recipe.after_unpack,
-        "files": [{"file": item.file} for item in recipe.files]}}}))
-    monkeypatch.setattr(download_registry, "REGISTRY_FILE", registry)
+    use_voc_registry(monkeypatch, tmp_path, files)
     with LoopbackServer() as server:
         for name, data in (("VOCtrainval_11-May-2012.tar", voc_tar), ("benchmark.tgz", sbd_tgz)):
             server.files[urlsplit(shipped.file(name).url).path] = data  # the official paths, on the mirror

@@ -14,10 +14,10 @@ import scipy.io
 import torch
 import yaml
 from loopback_http import LoopbackServer
-from test_download_data import md5, tar_of
+from test_download_data import md5, tar_of, use_voc_registry
 from test_prepare import VOC_PALETTE, save_jpg, save_png
 
-from maft import download, download_registry, experiment
+from maft import download, experiment
 from maft.config import load
 from maft.fetch import fetch_profile
 from maft.proposals import CachedProposals, Proposals, build_sam, generator_record, settings_digest
@@ -168,12 +168,7 @@ def mirror(monkeypatch, tmp_path):
              for name, data in archives.items()}
     sam_url = f"https://dl.fbaipublicfiles.com/segment_anything/{sam_name}"
     files[sam_name] = {"url": sam_url, "size": len(sam_bytes), "hash": md5(sam_bytes), "group": "sam"}
-    recipe = shipped.datasets["voc2012"]
-    registry = tmp_path / "registry.yaml"
-    registry.write_text(yaml.safe_dump({"files": files, "datasets": {"voc2012": {
-        "title": recipe.title, "benchmarks": list(recipe.benchmarks), "after_unpack": recipe.after_unpack,
-        "files": [{"file": item.file} for item in recipe.files]}}}))
-    monkeypatch.setattr(download_registry, "REGISTRY_FILE", registry)
+    use_voc_registry(monkeypatch, tmp_path, files)
     monkeypatch.setenv("MAFT_CACHE", str(tmp_path / "cache"))  # SAM weights and the proposal cache
     monkeypatch.delenv("MAFT_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)

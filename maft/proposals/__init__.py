@@ -19,8 +19,8 @@ Sources (``build_proposal_generator(kind, **settings)``):
 - ``"file"``: :class:`FileProposals`, proposals precomputed by anything else, stored per image.
 
 Layout: :mod:`.types` (the result type), :mod:`.gt`, :mod:`.segments`, :mod:`.sam`, :mod:`.mask2former`,
-:mod:`.files` (the on-disk format), :mod:`.cache` (computed once per image, keyed by the settings), :mod:`.quality` (best IoU per region, the upper bound); this module
-is the factory.
+:mod:`.files` (the on-disk format), :mod:`.cache` (computed once per image, keyed by the settings),
+:mod:`.quality` (best IoU per region, the upper bound); this module is the factory.
 """
 from __future__ import annotations
 
@@ -37,10 +37,11 @@ from .segments import SegmentProposals
 from .types import IGNORE_INDEX, Proposals, proposal_iou
 
 __all__ = [
-    "ALL_GT_KINDS", "CachedProposals", "FILE_SUFFIXES", "SAM_ARCHS", "GT_KINDS", "IGNORE_INDEX", "PROPOSAL_KINDS", "SAM_CHECKPOINTS",
-    "FileProposals", "GTProposals", "Mask2FormerProposals", "Proposals", "SAMProposals", "SegmentProposals",
-    "build_proposal_generator", "build_sam", "export_proposals", "generator_record", "load_mask2former", "load_proposals", "load_sam",
-    "proposal_iou", "sample_rng", "save_proposals", "settings_digest",
+    "ALL_GT_KINDS", "FILE_SUFFIXES", "GT_KINDS", "IGNORE_INDEX", "PROPOSAL_KINDS", "SAM_ARCHS", "SAM_CHECKPOINTS",
+    "CachedProposals", "FileProposals", "GTProposals", "Mask2FormerProposals", "Proposals", "SAMProposals",
+    "SegmentProposals", "build_proposal_generator", "build_sam", "export_proposals", "generator_record",
+    "load_mask2former", "load_proposals", "load_sam", "proposal_iou", "sample_rng", "save_proposals",
+    "settings_digest",
 ]
 
 PROPOSAL_KINDS = ("gt", "segments", "sam", "mask2former", "file")
