@@ -69,14 +69,15 @@ def _handler(state: LoopbackFiles):
             self.end_headers()
             limit = state.cut_after.pop(path, None)
             if limit is not None:  # announce everything, send a part, then drop the connection
+                # counted before writing: the client may have read it all before this thread resumes
+                record.sent = limit
                 self.wfile.write(body[:limit])
                 self.wfile.flush()
-                record.sent = limit
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
+            record.sent = len(body)  # before writing, for the same reason
             self.wfile.write(body)
-            record.sent = len(body)
 
         def do_HEAD(self):
             path = self.path.split("?")[0]
