@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import authors
-from .config import with_defaults
+from . import authors_checkpoints
+from .config import ExperimentConfig, load
 from .ipclip import IPCLIP, default_start_layer
-from .paths import atomic_write
+from .utils.paths import atomic_write
 from .trainable import vision_tower
 
 CHECKPOINT_FORMAT = "maft-finetune-v1"
@@ -86,7 +87,7 @@ def load_checkpoint(checkpoint: str | os.PathLike | dict, mmap: bool = False) ->
     return state
 
 
-def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, config: dict | None = None,
+def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, config=None,
                    check_base: bool = True, other_start_layer: bool = False) -> nn.Module:
     """Apply a fine-tuning checkpoint's trained parameters to ``model`` (CLIP model, IPCLIP or tower).
 
@@ -96,22 +97,22 @@ def load_finetuned(model: nn.Module, checkpoint: str | os.PathLike | dict, confi
     random tower built with another seed: use :func:`maft.experiment.build_clip`); or ``model`` is an
     IP-CLIP whose start layer differs from the one it was trained with, unless ``other_start_layer``
     (the ``eval.allow_other_start_layer`` setting). Returns ``model``.
-    The authors' released detectron2 checkpoints (``MAFT_Vitb.pt``) are accepted too (:mod:`maft.authors`).
+    The authors' released detectron2 checkpoints (``MAFT_Vitb.pt``) are accepted too (:mod:`maft.authors_checkpoints`).
     """
-    released = authors.read_checkpoint(checkpoint)
+    released = authors_checkpoints.read_checkpoint(checkpoint)
     if released is not None:  # their tower names the architecture; shapes and the base CLIP are checked there
-        return authors.apply_finetuned(model, released, check_base=check_base)
+        return authors_checkpoints.apply_finetuned(model, released, check_base=check_base)
     state = load_checkpoint(checkpoint)
     source = state["model"]
     where = "checkpoint" if isinstance(checkpoint, dict) else str(checkpoint)
     if isinstance(model, IPCLIP) and not other_start_layer:
         _check_start_layer(model, source.get("start_layer"), where)
     if config is not None:
-        wanted = with_defaults(config)["model"]
+        wanted = load(config).model
         for key in ("name", "pretrained"):
-            if wanted.get(key) != source.get(key):
+            if wanted[key] != source.get(key):
                 raise ValueError(f"{where} was trained from model {key} {source.get(key)!r}, but the config "
-                                 f"asks for {wanted.get(key)!r}")
+                                 f"asks for {wanted[key]!r}")
     visual = vision_tower(model)
     own = dict(visual.named_parameters())
     problems = []
@@ -167,16 +168,18 @@ def _check_base(visual: nn.Module, state: dict, where: str) -> None:
                 "maft.experiment.build_clip)")
 
 
-def save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: dict, step: int,
+def save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: ExperimentConfig, step: int,
                     optimizer, scheduler, scaler, out_dir: Path) -> Path:
-    """Write what a run trained (only those parameters), its config and everything resume needs."""
+    """Write what a run trained (only those parameters), its config (in plain form: a checkpoint loads
+    without maft's classes) and everything resume needs."""
     own = dict(visual.named_parameters())
+    plain = config.to_dict()
     state = {
         "format": CHECKPOINT_FORMAT,
-        "model": dict(config["model"]),
-        "config": config,
+        "model": plain["model"],
+        "config": plain,
         "step": step,
-        "trainable": list(config["train"]["trainable"]),
+        "trainable": list(config.train.trainable),
         "params": {name: own[name].detach().float().cpu().clone() for name in trained},
         # the frozen weights these parameters sit on, so loading onto another base is caught
         "base_fingerprint": _fingerprint(visual, set(trained)),
@@ -187,3 +190,30 @@ def save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: d
         "out_dir": str(out_dir),
     }
     return atomic_write(path, lambda partial: torch.save(state, partial))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming
+# --------------------------------------------------------------------------------------------------
+RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "checkpoint_every"),
+                     ("train", "num_workers"), ("train", "device"), ("name",), ("eval",)}
+
+
+def _config_differences(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _config_differences(a.get(key), b.get(key), prefix + (key,))
+        return out
+    return [] if a == b else [prefix]
+
+
+def check_resume_config(config: ExperimentConfig, saved: ExperimentConfig, checkpoint: str) -> None:
+    """ValueError naming every setting in which a resumed run's config differs from its checkpoint's, except
+    those that cannot change the result (:data:`RESUME_MAY_DIFFER`)."""
+    differ = [path for path in _config_differences(config.to_dict(), saved.to_dict())
+              if not any(path[:len(allowed)] == allowed for allowed in RESUME_MAY_DIFFER)]
+    if differ:
+        names = ", ".join(".".join(map(str, path)) for path in differ)
+        raise ValueError(f"--resume {checkpoint}: the config differs from the checkpoint's in {names}; "
+                         "resume with the checkpoint's config (omit --config) or start a new run")

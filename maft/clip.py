@@ -32,9 +32,9 @@ from open_clip.model import resize_pos_embed as open_clip_resize_pos_embed
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
-from maft import authors
-from maft.download import download_clip_weights, offline_mode
-from maft.paths import PACKAGE_DIR
+from . import authors_checkpoints
+from .downloads.verified import download_clip_weights, offline_mode
+from .utils.paths import PACKAGE_DIR
 
 __all__ = [
     "MODEL_CONFIG_DIR",
@@ -44,6 +44,7 @@ __all__ = [
     "resize_pos_embed",
     "preprocess_images",
     "tower_input_size",
+    "tower_geometry",
     "clip_normalisation",
     "hub_offline",
 ]
@@ -211,7 +212,7 @@ def load_clip(
             ("maft-test-vit", "maft-test-rn") or "local-dir:<folder>".
         pretrained: None (random init), an open_clip tag ("openai"), or a checkpoint file: open_clip's,
             or the authors' released detectron2 ``MAFT_Vitb.pt`` / ``MAFT_Vitl.pt`` (text tower and
-            fine-tuned vision tower, see :mod:`maft.authors`). A tag whose weights are not cached is
+            fine-tuned vision tower, see :mod:`maft.authors_checkpoints`). A tag whose weights are not cached is
             downloaded through open_clip / the Hugging Face hub, unless offline mode is on
             (MAFT_OFFLINE=1 or HF_HUB_OFFLINE=1): then it fails at once.
         device: where the model goes.
@@ -236,8 +237,8 @@ def load_clip(
     else:
         checkpoint, tag_cfg = resolve_pretrained(name, pretrained, cache_dir)
     # The authors' detectron2 checkpoints hold OpenAI towers under their own prefixes: build the model
-    # with OpenAI's QuickGELU, random weights, and let maft.authors fill both towers.
-    released = authors.read_checkpoint(checkpoint) if checkpoint is not None and not tag_cfg else None
+    # with OpenAI's QuickGELU, random weights, and let maft.authors_checkpoints fill both towers.
+    released = authors_checkpoints.read_checkpoint(checkpoint) if checkpoint is not None and not tag_cfg else None
     if released is not None:
         checkpoint, tag_cfg = None, {"quick_gelu": True}
     # A tag carries the preprocessing and activation its weights were trained with (OpenAI weights
@@ -257,7 +258,7 @@ def load_clip(
     if image_size is not None:
         if hasattr(model.visual, "positional_embedding") and hasattr(model.visual, "patch_size"):
             # the pretraining-size embedding, so a crop-and-classify copy at that size gets it back
-            # exactly (maft.baseline) instead of a resize of a resize
+            # exactly (maft.crop_classifier) instead of a resize of a resize
             model.visual.maft_native = {"image_size": _size_pair(model.visual.image_size),
                                         "positional_embedding": model.visual.positional_embedding.detach().clone()}
         set_image_size(model.visual, image_size)
@@ -268,7 +269,7 @@ def load_clip(
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()),
     }
     if released is not None:
-        authors.load_into_clip(model, released)  # weights at the final grid, maft_source filled in
+        authors_checkpoints.load_into_clip(model, released)  # weights at the final grid, maft_source filled in
         model.to(device).eval()
     return model, preprocess, tokenizer
 
@@ -423,3 +424,20 @@ def clip_normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float
     mean = cfg.get("mean") or getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
     std = cfg.get("std") or getattr(visual, "image_std", None) or OPENAI_DATASET_STD
     return tuple(mean), tuple(std)
+
+
+def tower_geometry(name: str) -> tuple[int | None, int] | None:
+    """(depth, patch size) of a model's vision tower from its open_clip config, without building it:
+    depth None for a ModifiedResNet (patch 32, its total stride). None when open_clip has no config for
+    ``name`` (a hub model, a typo): that is reported when the model is built."""
+    register_model_configs()
+    cfg = open_clip.get_model_config(str(name).replace("/", "-"))
+    vision = (cfg or {}).get("vision_cfg")
+    if not vision:
+        return None
+    layers = vision.get("layers")
+    if isinstance(layers, (list, tuple)):
+        return None, 32
+    patch = vision.get("patch_size", 16)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return int(layers), int(patch)

@@ -117,7 +117,7 @@ class WithProposals(torch.utils.data.Dataset):
 
     def __getitem__(self, index) -> dict:
         sample = self.dataset[index]
-        if "proposals" in sample:  # already read (and augmented) with the sample: see maft.augment
+        if "proposals" in sample:  # already read (and augmented) with the sample: see maft.data.augment
             return sample
         return {**sample, "proposals": self.generator(sample)}
 

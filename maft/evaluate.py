@@ -25,21 +25,20 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from .authors import config_for_checkpoint
-from .config import eval_settings, with_defaults
+from .authors_checkpoints import config_for_checkpoint
+from .config import ExperimentConfig, load
 from .experiment import build_experiment, proposal_section
-from .inference import NO_PREDICTION, Segmenter, semantic_map
-from .losses import soft_iou
-from .masks import resize_masks
-from .metrics import ConfusionMatrix, segmentation_metrics
-from .paths import atomic_write, check_output_path, resolve_output_path
-from .progress import progress_bar
+from .inference import NO_PREDICTION, Segmenter
+from .metrics import add_image, confusion_metrics, new_confusion, present_classes
+from .proposals.quality import region_ious, upper_bound_map
+from .utils.paths import atomic_write, check_output_path, resolve_output_path
+from .utils.progress import progress_bar
 
 
 
@@ -55,36 +54,6 @@ def check_label(label: torch.Tensor, num_classes: int, ignore_index: int = 255, 
             f"{where} holds class ids {bad.tolist()} but the class list has only {num_classes} classes "
             f"(ids 0..{num_classes - 1}, {ignore_index} = ignore): the class list omits classes present "
             f"in the ground truth")
-
-
-def present_classes(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
-    """Sorted class ids occurring in ``label`` (ignore excluded)."""
-    values = torch.unique(label)
-    return values[values != ignore_index]
-
-
-def region_ious(masks: torch.Tensor, label: torch.Tensor, classes: torch.Tensor,
-                ignore_index: int = 255) -> torch.Tensor:
-    """[K, N] soft IoU of the N proposals with the binary map of each class in ``classes`` (K ids).
-
-    The target of class k is ``label == k``, so ignored pixels count as "not class k" (as in the
-    mask-aware loss; see :mod:`maft.losses`): in the VOC protocol the background is ignored, and a
-    proposal that swallows background must score a low IoU.
-    """
-    label = label.to(masks.device)
-    masks = resize_masks(masks.float(), label.shape)
-    targets = label[None] == classes.to(label.device)[:, None, None]
-    return soft_iou(masks, targets)
-
-
-def upper_bound_map(masks: torch.Tensor, label: torch.Tensor, num_classes: int,
-                    ignore_index: int = 255) -> torch.Tensor:
-    """Paper Table 7: the semantic map with A^c replaced by S_IoU [N, C] (0 for classes not in the image)."""
-    classes = present_classes(label, ignore_index)
-    scores = torch.zeros(masks.shape[0], num_classes, device=masks.device)
-    if masks.shape[0] and len(classes):
-        scores[:, classes.to(masks.device)] = region_ious(masks, label, classes, ignore_index).T
-    return semantic_map(scores, masks, size=tuple(label.shape))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,41 +196,9 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     return json_ready(metrics)
 
 
-NO_PREDICTION_NAME = "<no prediction>"
-
-
-def new_confusion(num_classes: int, ignore_index: int = 255):
-    """A confusion matrix with one extra prediction column, index C, for pixels without prediction.
-
-    Ground truth is never C, so such a pixel adds to its class's ground-truth count (a miss) and to no
-    real class's prediction count: it lowers recall without inventing a false positive.
-    """
-    return ConfusionMatrix(num_classes + 1, ignore_index=ignore_index)
-
-
-def add_image(confusion, pred: torch.Tensor, gt: torch.Tensor) -> None:
-    """Add one image to a :func:`new_confusion` matrix (``pred`` may hold NO_PREDICTION)."""
-    unpredicted = confusion.num_classes - 1
-    pred = pred.cpu()
-    confusion.update(torch.where(pred == NO_PREDICTION, unpredicted, pred), gt.cpu())
-
-
-def confusion_metrics(confusion, classes: Sequence[str], seen: Sequence[int], unseen: Sequence[int]) -> dict:
-    """:func:`maft.metrics.segmentation_metrics` of a :func:`new_confusion` matrix.
-
-    The "no prediction" column is a pseudo class: it is dropped from ``per_class_iou`` and mIoU is the
-    mean over the real classes that have an IoU (seen/unseen/hIoU never include it).
-    """
-    metrics = dict(segmentation_metrics(confusion, list(classes) + [NO_PREDICTION_NAME], seen, unseen))
-    metrics["per_class_iou"].pop(NO_PREDICTION_NAME)
-    values = [v for v in metrics["per_class_iou"].values() if v is not None]
-    metrics["miou"] = float(np.mean(values)) if values else None
-    return metrics
-
-
 def json_ready(value):
     """NaN/inf -> None, tensors and numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and typed config sections
         return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_ready(v) for v in value]
@@ -277,8 +214,8 @@ def json_ready(value):
 # --------------------------------------------------------------------------------------------------
 # Config-driven evaluation and the CLI
 # --------------------------------------------------------------------------------------------------
-def experiment_name(config: dict) -> str:
-    return str(config.get("name") or "experiment")
+def experiment_name(config: ExperimentConfig) -> str:
+    return load(config).name or "experiment"
 
 
 def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
@@ -290,14 +227,14 @@ def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
     return atomic_write(path, lambda partial: partial.write_text(text))
 
 
-def metrics_path(config: dict, out: str | Path | None = None) -> Path:
+def metrics_path(config: ExperimentConfig, out: str | Path | None = None) -> Path:
     """Where :func:`evaluate_config` writes: ``out``, else ``eval.out``, else ``outputs/eval/<name>.json``."""
-    settings = eval_settings(config)
-    return resolve_output_path(out if out is not None else settings["out"], experiment_name(config),
+    config = load(config)
+    return resolve_output_path(out if out is not None else config.eval.out, experiment_name(config),
                                ("eval", "<name>.json"))
 
 
-def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str | Path | None = None,
+def evaluate_config(config: ExperimentConfig | dict | str, checkpoint: str | Path | None = None, out: str | Path | None = None,
                     overwrite: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     """Build the experiment of ``config`` (:func:`maft.experiment.build_experiment`), evaluate, write JSON.
 
@@ -305,30 +242,28 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
     """
     config = config_for_checkpoint(copy.deepcopy(config), checkpoint)  # an authors' file brings its own CLIP
-    settings = eval_settings(config)
+    settings = config.eval
     path = metrics_path(config, out)
     # fail before the (long) evaluation, not after
     check_output_path(path, "--out" if out is not None else "eval.out")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
-    full = with_defaults(config)
-    torch.manual_seed(int(full["seed"]))
+    torch.manual_seed(config.seed)
     start = time.perf_counter()
     experiment = build_experiment(config, device=device)  # random towers: seeded as in training
     metrics = evaluate(experiment.classifier(checkpoint), experiment.generator, experiment.dataset,
-                       experiment.text, experiment.image_size, ensemble_lambda=settings["ensemble_lambda"],
-                       max_images=settings["max_images"], progress=progress, variant=settings["variant"],
-                       sliding_window=settings["sliding_window"], window=settings["window"],
-                       stride=settings["stride"])
+                       experiment.text, experiment.image_size, ensemble_lambda=settings.ensemble_lambda,
+                       max_images=settings.max_images, progress=progress, variant=settings.variant,
+                       sliding_window=settings.sliding_window, window=settings.window, stride=settings.stride)
     metrics.update(
         name=experiment_name(config),
-        dataset=full["data"]["dataset"],
-        split=full["data"]["eval_split"],
-        classifier=settings["classifier"],
-        proposals=proposal_section(full, "eval")["kind"],
+        dataset=config.data.dataset,
+        split=config.data.eval_split,
+        classifier=settings.classifier,
+        proposals=proposal_section(config, "eval").kind,
         checkpoint=None if checkpoint is None else str(checkpoint),
         seconds=round(time.perf_counter() - start, 3),
-        config=config,
+        config=config.to_dict(),
     )
     write_json(metrics, path, overwrite=overwrite)
     return {**metrics, "path": str(path)}

@@ -19,14 +19,14 @@ from typing import Any, Sequence
 import open_clip
 import torch
 
-from .baseline import FrozenCLIP
+from .crop_classifier import FrozenCLIP
 from .checkpoints import load_finetuned
 from .clip import load_clip
-from .config import apply_overrides, eval_settings, with_defaults
-from .datasets import build_dataset
+from .config import ExperimentConfig, ModelConfig, ProposalsConfig, apply_overrides, load
+from .data.datasets import build_dataset
 from .inference import Segmenter
 from .ipclip import IPCLIP
-from . import paths
+from .utils import paths
 from .proposals import CachedProposals, build_proposal_generator, generator_record
 from .text import text_classifier
 from .world.pretrain import MODEL_NAME as WORLD_MODEL_NAME, ensure_world_clip
@@ -37,101 +37,101 @@ SPLITS = {"eval": ("eval_split", "eval"), "train": ("train_split", "train")}
 # --------------------------------------------------------------------------------------------------
 # The builders, one per config section
 # --------------------------------------------------------------------------------------------------
-def model_weights(model_cfg: dict[str, Any]):
+def model_weights(model_cfg: ModelConfig):
     """``model.pretrained`` as :func:`maft.clip.load_clip` takes it; the tag ``world`` is the world CLIP,
     pretrained on first use and cached."""
-    if model_cfg["pretrained"] == "world":
-        if model_cfg["name"] != WORLD_MODEL_NAME:
+    if model_cfg.pretrained == "world":
+        if model_cfg.name != WORLD_MODEL_NAME:
             raise ValueError(f"pretrained 'world' exists only for model {WORLD_MODEL_NAME!r}, "
-                             f"not {model_cfg['name']!r}")
+                             f"not {model_cfg.name!r}")
         return str(ensure_world_clip())
-    return model_cfg["pretrained"]
+    return model_cfg.pretrained
 
 
-def build_clip(config: dict[str, Any], device: str = "cpu"):
+def build_clip(config: ExperimentConfig, device: str = "cpu"):
     """(model, preprocess, tokenizer) for ``config['model']``, tower resized to ``image_size``.
 
     Random initialisation (``pretrained: null``) is seeded by ``config['seed']`` (the global RNG is left
     untouched), so training, evaluation and every notebook rebuild the same random tower.
     """
-    config = with_defaults(config)
-    model_cfg = config["model"]
+    config = load(config)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(config["seed"]))
-        return load_clip(model_cfg["name"], pretrained=model_weights(model_cfg), device=device,
-                         image_size=model_cfg["image_size"])
+        torch.manual_seed(config.seed)
+        return load_clip(config.model.name, pretrained=model_weights(config.model), device=device,
+                         image_size=config.model.image_size)
 
 
-def build_dataset_split(config: dict[str, Any], split_key: str, mode: str):
+def build_dataset_split(config: ExperimentConfig, split_key: str, mode: str):
     """The dataset for ``data[split_key]`` (``train_split`` or ``eval_split``) in ``mode``."""
-    data = with_defaults(config)["data"]
-    return build_dataset(data["dataset"], data[split_key], root=data["root"], mode=mode,
-                         max_images=data["max_images"], protocol=data["protocol"])
+    data = load(config).data
+    return build_dataset(data.dataset, data[split_key], root=data.root, mode=mode,
+                         max_images=data.max_images, protocol=data.protocol)
 
 
-def proposal_section(config: dict[str, Any], split: str = "train") -> dict[str, Any]:
+def proposal_section(config: ExperimentConfig, split: str = "train") -> ProposalsConfig:
     """The proposals a split uses: ``proposals`` for training (and by default for evaluation);
     ``eval.proposals`` for the evaluation split when set (e.g. label-free proposals at test time)."""
-    config = with_defaults(config)
-    if split == "eval" and eval_settings(config)["proposals"] is not None:
-        section = eval_settings(config)["proposals"]
-        return {"kind": section["kind"], "settings": dict(section.get("settings") or {})}
-    return config["proposals"]
+    config = load(config)
+    if split == "eval" and config.eval.proposals is not None:
+        return config.eval.proposals
+    return config.proposals
 
 
-def build_generator(config: dict[str, Any], split: str = "train", **extra):
+def build_generator(config: ExperimentConfig, split: str = "train", **extra):
     """The proposal generator of :func:`proposal_section` (``extra`` overrides its settings)."""
-    config = with_defaults(config)
+    config = load(config)
     proposals = proposal_section(config, split)
-    settings = {**(proposals.get("settings") or {}), **extra}
-    kind = proposals["kind"]
+    settings = {**proposals.settings, **extra}
+    kind = proposals.kind
     if kind == "gt":
-        settings.setdefault("seed", config["seed"])  # GT corruptions follow the experiment's seed
+        settings.setdefault("seed", config.seed)  # GT corruptions follow the experiment's seed
     # SAM's proposals are kept on disk by default (seconds per image); any kind may set cache: true | PATH
     cache = settings.pop("cache", kind == "sam")
     if not cache or "model" in settings:  # a ready model object has no settings to key a cache by
         return build_proposal_generator(kind, **settings)
     record = generator_record(kind, settings)
     root = paths.cache_dir("proposals") if cache is True else paths.REPO_ROOT / Path(cache).expanduser()
-    dataset = Path(str(config["data"]["dataset"])).stem  # a user's dataset path: its folder name
+    dataset = Path(config.data.dataset).stem  # a user's dataset path: its folder name
     folder = CachedProposals.folder(root, dataset, kind, record)
     return CachedProposals(lambda: build_proposal_generator(kind, **settings), folder, record)
 
 
-def build_text_classifier(config: dict[str, Any], model, tokenizer, class_names, device: str = "cpu",
+def build_text_classifier(config: ExperimentConfig, model, tokenizer, class_names, device: str = "cpu",
                           prompts: Sequence[str] | None = None):
     """Text embeddings [C, D] for ``class_names`` with the config's prompt templates; ``prompts`` (one per
     class) is the text the templates get where it differs from the name (a dataset's prompt names)."""
-    templates = with_defaults(config)["text"]["templates"]
+    templates = load(config).text.templates
     prompt_name = None if prompts is None else dict(zip(class_names, prompts, strict=True))
     return text_classifier(model, tokenizer, class_names, templates=templates, device=device,
                            prompt_name=prompt_name)
 
 
-def build_ipclip(config: dict[str, Any], visual: torch.nn.Module, checkpoint=None, **settings) -> IPCLIP:
+def build_ipclip(config: ExperimentConfig, visual: torch.nn.Module, checkpoint=None, **settings) -> IPCLIP:
     """IP-CLIP on ``visual`` with the config's start layer; with ``checkpoint``, on a copy of the tower
     with the fine-tuned parameters loaded (a clear error for another model, weights or config)."""
-    start_layer = with_defaults(config)["model"]["start_layer"]
+    config = load(config)
+    start_layer = config.model.start_layer
     if checkpoint is None:
         return IPCLIP(visual, start_layer=start_layer, **settings).eval()
     classifier = IPCLIP(copy.deepcopy(visual), start_layer=start_layer, **settings)
     return load_into(classifier, checkpoint, config).eval()
 
 
-def load_into(classifier: IPCLIP, checkpoint, config: dict[str, Any]) -> IPCLIP:
+def load_into(classifier: IPCLIP, checkpoint, config: ExperimentConfig) -> IPCLIP:
     """:func:`maft.checkpoints.load_finetuned` with the config's checks, start layer included: another
     ``model.start_layer`` than the checkpoint's is an error unless ``eval.allow_other_start_layer``."""
     return load_finetuned(classifier, checkpoint, config=config,
-                          other_start_layer=eval_settings(config)["allow_other_start_layer"])
+                          other_start_layer=load(config).eval.allow_other_start_layer)
 
 
-def build_classifier(config: dict[str, Any], model, checkpoint=None) -> torch.nn.Module:
+def build_classifier(config: ExperimentConfig, model, checkpoint=None) -> torch.nn.Module:
     """The proposal classifier of ``config['eval']``: IP-CLIP (optionally fine-tuned) or frozen CLIP.
 
     A fine-tuned IP-CLIP is loaded into ``model.visual`` itself (not a copy): the model is built for it.
     """
-    settings = eval_settings(config)
-    if settings["classifier"] == "ipclip":
+    config = load(config)
+    settings = config.eval
+    if settings.classifier == "ipclip":
         classifier = build_ipclip(config, model.visual)
         if checkpoint is not None:
             load_into(classifier, checkpoint, config)
@@ -139,7 +139,7 @@ def build_classifier(config: dict[str, Any], model, checkpoint=None) -> torch.nn
     if checkpoint is not None:
         raise ValueError("a checkpoint holds a fine-tuned IP-CLIP; eval.classifier=frozen takes none "
                          "(set eval.classifier=ipclip)")
-    return FrozenCLIP(model.visual, merge=settings["merge"], input_size=settings["input_size"]).eval()
+    return FrozenCLIP(model.visual, merge=settings.merge, input_size=settings.input_size).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class Experiment:
     dataset (all classes, or the seen ones for the training view), None without a dataset.
     """
 
-    config: dict
+    config: ExperimentConfig
     device: str
     model: torch.nn.Module
     tokenizer: Any
@@ -165,7 +165,7 @@ class Experiment:
 
     @property
     def image_size(self) -> int:
-        return int(self.config["model"]["image_size"])
+        return self.config.model.image_size
 
     @property
     def frozen(self) -> IPCLIP:
@@ -203,10 +203,10 @@ class Experiment:
                          classes=[self.classes[i] for i in ids])
 
 
-def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | None = "eval",
+def build_experiment(config: ExperimentConfig | dict | str, device: str = "cpu", split: str | None = "eval",
                      text_classes: str | Sequence[str] = "all", model=None, generator=None,
                      proposals: str | None = None) -> Experiment:
-    """The parts of ``config`` (defaults filled in).
+    """The parts of ``config`` (anything :func:`maft.config.load` takes; checked before any model is built).
 
     ``split``: "eval" (``data.eval_split``, all labels), "train" (``data.train_split``, the training view
     of ``data.protocol``: zero-shot maps unseen pixels to ignore, open-vocabulary trains on every class)
@@ -218,7 +218,7 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
     proposals of known quality for the mask-awareness diagnostic: the training section when it is
     GT-derived, else GT corruptions with their default settings, e.g. in a SAM profile).
     """
-    config = with_defaults(config)
+    config = load(config)
     clip_model, _, tokenizer = model if model is not None else build_clip(config, device=device)
     dataset = None
     if split is not None:
@@ -241,7 +241,7 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
     # minutes of encoding prompts
     if proposals not in (None, "train", "gt"):
         raise ValueError(f"proposals must be None, 'train' or 'gt', got {proposals!r}")
-    if generator is None and proposals == "gt" and config["proposals"]["kind"] != "gt":
+    if generator is None and proposals == "gt" and config.proposals.kind != "gt":
         generator = build_generator(apply_overrides(config, ["proposals={kind: gt, settings: {}}"]), "train")
     elif generator is None:
         generator = build_generator(config, "train" if proposals in ("train", "gt") or split != "eval" else "eval")
@@ -254,26 +254,23 @@ def build_experiment(config: dict[str, Any], device: str = "cpu", split: str | N
 # --------------------------------------------------------------------------------------------------
 # Saying what runs
 # --------------------------------------------------------------------------------------------------
-def describe(config: dict[str, Any]) -> str:
+def describe(config: ExperimentConfig) -> str:
     """A few lines saying what the experiment runs (for notebooks and logs)."""
-    config = with_defaults(config)
-    model, data, proposals = config["model"], config["data"], config["proposals"]
+    config = load(config)
+    model, data, proposals, train = config.model, config.data, config.proposals, config.train
     lines = [
-        f"model:      {model['name']} (weights: {model['pretrained'] or 'random init'}) at {model['image_size']} px, "
-        f"IP-CLIP start layer {model['start_layer'] if model['start_layer'] is not None else 'default'}",
-        f"data:       {data['dataset']} (train: {data['train_split']}, evaluation: {data['eval_split']}; "
-        f"{data['protocol'].replace('_', '-')} protocol)",
-        f"proposals:  {proposals['kind']} {proposals.get('settings') or ''}".rstrip(),
-        f"text:       {config['text']['templates']} templates",
+        f"model:      {model.name} (weights: {model.pretrained or 'random init'}) at {model.image_size} px, "
+        f"IP-CLIP start layer {model.start_layer if model.start_layer is not None else 'default'}",
+        f"data:       {data.dataset} (train: {data.train_split}, evaluation: {data.eval_split}; "
+        f"{data.protocol.replace('_', '-')} protocol)",
+        f"proposals:  {proposals.kind} {proposals.settings or ''}".rstrip(),
+        f"text:       {config.text.templates} templates",
+        f"fine-tune:  {train.iterations} iterations x batch {train.batch_size}, lr {train.lr}, trainable "
+        f"{train.trainable}, loss {train.loss} + {train.distill_weight} x self-distillation",
     ]
-    if eval_settings(config)["proposals"] is not None:  # test-time proposals other than the training ones
-        test = proposal_section(config, "eval")
-        lines.insert(3, f"evaluation proposals: {test['kind']} {test['settings'] or ''}".rstrip())
-    if "train" in config:
-        train = config["train"]
-        lines.append(f"fine-tune:  {train.get('iterations')} iterations x batch {train.get('batch_size')}, "
-                     f"lr {train.get('lr')}, trainable {train.get('trainable')}, "
-                     f"loss {train.get('loss')} + {train.get('distill_weight')} x self-distillation")
+    if config.eval.proposals is not None:  # test-time proposals other than the training ones
+        test = config.eval.proposals
+        lines.insert(3, f"evaluation proposals: {test.kind} {test.settings or ''}".rstrip())
     return "\n".join(lines)
 
 

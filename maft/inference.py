@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .classes import check_class_names, class_key
+from .data.class_specs import check_class_names, class_key
 from .clip import clip_normalisation, preprocess_images
 from .masks import mask_on, resize_masks
 from .text import class_probabilities
@@ -243,7 +243,7 @@ class Segmentation:
 class Segmenter:
     """sample -> proposals -> proposal classifier -> A^c -> (ensemble with A^p) -> semantic map.
 
-    ``classifier`` is an :class:`maft.ipclip.IPCLIP` or :class:`maft.baseline.FrozenCLIP` (same call
+    ``classifier`` is an :class:`maft.ipclip.IPCLIP` or :class:`maft.crop_classifier.FrozenCLIP` (same call
     signature); ``generator`` a callable ``sample -> Proposals``; ``text`` the text classifier [C, D]
     for ``classes``. ``seen`` (indices or bool mask) marks the classes eq. 9 treats as seen; ``None``
     means "the classes the generator scores". ``ensemble_lambda=None`` is CLIP only.

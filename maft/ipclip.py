@@ -166,7 +166,8 @@ class IPCLIP(nn.Module):
             depth = len(visual.transformer.resblocks)
             if start_layer is None:
                 start_layer = default_start_layer(depth)
-            if not isinstance(start_layer, int) or not 0 <= start_layer <= depth:
+            # a bool is an int to Python, and True would silently mean layer 1
+            if not isinstance(start_layer, int) or isinstance(start_layer, bool) or not 0 <= start_layer <= depth:
                 raise ValueError(f"start_layer must be an int in [0, {depth}] for this {depth}-block tower, "
                                  f"got {start_layer!r}")
         elif isinstance(visual, ModifiedResNet):

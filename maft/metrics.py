@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .classes import check_class_names
+from .data.class_specs import check_class_names
+from .inference import NO_PREDICTION
 
-__all__ = ["ConfusionMatrix", "segmentation_metrics", "harmonic_mean"]
+__all__ = ["ConfusionMatrix", "add_image", "confusion_metrics", "harmonic_mean", "new_confusion", "present_classes",
+           "segmentation_metrics"]
 
 
 def _as_tensor(values, argument: str) -> torch.Tensor:
@@ -174,3 +176,44 @@ def segmentation_metrics(
         "per_class_iou": {name: (None if value.isnan() else float(value) * 100) for name, value in zip(classes, iou)},
         "pixel_acc": None if accuracy is None else accuracy * 100,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Images without a prediction everywhere, and the classes an image holds
+# --------------------------------------------------------------------------------------------------
+def present_classes(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Sorted class ids occurring in ``label`` (ignore excluded)."""
+    values = torch.unique(label)
+    return values[values != ignore_index]
+
+
+NO_PREDICTION_NAME = "<no prediction>"
+
+
+def new_confusion(num_classes: int, ignore_index: int = 255):
+    """A confusion matrix with one extra prediction column, index C, for pixels without prediction.
+
+    Ground truth is never C, so such a pixel adds to its class's ground-truth count (a miss) and to no
+    real class's prediction count: it lowers recall without inventing a false positive.
+    """
+    return ConfusionMatrix(num_classes + 1, ignore_index=ignore_index)
+
+
+def add_image(confusion, pred: torch.Tensor, gt: torch.Tensor) -> None:
+    """Add one image to a :func:`new_confusion` matrix (``pred`` may hold NO_PREDICTION)."""
+    unpredicted = confusion.num_classes - 1
+    pred = pred.cpu()
+    confusion.update(torch.where(pred == NO_PREDICTION, unpredicted, pred), gt.cpu())
+
+
+def confusion_metrics(confusion, classes: Sequence[str], seen: Sequence[int], unseen: Sequence[int]) -> dict:
+    """:func:`segmentation_metrics` of a :func:`new_confusion` matrix.
+
+    The "no prediction" column is a pseudo class: it is dropped from ``per_class_iou`` and mIoU is the
+    mean over the real classes that have an IoU (seen/unseen/hIoU never include it).
+    """
+    metrics = dict(segmentation_metrics(confusion, list(classes) + [NO_PREDICTION_NAME], seen, unseen))
+    metrics["per_class_iou"].pop(NO_PREDICTION_NAME)
+    values = [v for v in metrics["per_class_iou"].values() if v is not None]
+    metrics["miou"] = float(np.mean(values)) if values else None
+    return metrics

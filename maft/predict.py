@@ -2,13 +2,13 @@
 
 Python::
 
-    from maft.predict import predict
+    from .predict import predict
     result = predict("photo.jpg", ["cat", "sofa", "wall"], config="voc20_cpu",
                      checkpoint="outputs/train/voc20_cpu/final.pt", proposals="sam")
     result.label_map      # int64 [H, W], index into the class names, -1 = no proposal covers the pixel
-    result.overlay        # uint8 [H, W, 3]
+    maft.viz.figures.overlay(image, result.label_map, result.classes)   # uint8 [H, W, 3], coloured
 
-CLI::
+CLI (its files are written by :func:`maft.viz.prediction.write_outputs`)::
 
     maft predict photo.jpg --classes "cat,sofa,wall" --config voc20_cpu --checkpoint final.pt \
         --proposals sam --out overlay.png
@@ -20,25 +20,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .authors import config_for_checkpoint, is_authors_checkpoint
+from .authors_checkpoints import config_for_checkpoint, is_authors_checkpoint
 from .checkpoints import load_checkpoint
-from .classes import check_class_names
-from .config import eval_settings, load
-from .datasets import read_image, read_label as read_label_file
+from .data.class_specs import check_class_names
+from .config import ExperimentConfig, ProposalsConfig, load
+from .data.datasets import read_image, read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
-from .inference import NO_PREDICTION, Segmenter
-from .paths import check_output_path
-from .viz import legend_entries, overlay, overlay_figure, save_figure
+from .inference import Segmenter
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
 LABELS_NONE_8BIT = 255
@@ -48,15 +44,10 @@ LABELS_NONE_16BIT = 65535
 @dataclass
 class PredictResult:
     label_map: torch.Tensor     # int64 [H, W]: class index, or -1 (NO_PREDICTION) where no proposal covers the pixel
-    overlay: np.ndarray         # uint8 [H, W, 3]
     probs: torch.Tensor         # [N, C] final proposal scores (after the ensemble, if any)
     clip_probs: torch.Tensor    # [N, C] A^c of the proposal classifier
     proposals: object           # maft.proposals.Proposals (masks at image resolution)
     classes: list[str]
-
-    def figure(self, image, title: str | None = None):
-        """The overlay with a legend of the classes present (a matplotlib Figure)."""
-        return overlay_figure(image, self.label_map, self.classes, title=title)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +55,7 @@ class PredictResult:
 # --------------------------------------------------------------------------------------------------
 def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
     """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names
-    (duplicates as :func:`maft.classes.check_class_names` finds them: case and spacing ignored)."""
+    (duplicates as :func:`maft.data.class_specs.check_class_names` finds them: case and spacing ignored)."""
     names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
     names = [str(name).strip() for name in names]
     if not names or all(not name for name in names):
@@ -109,7 +100,7 @@ def read_label(label, size: tuple[int, int], num_classes: int) -> torch.Tensor:
     return tensor
 
 
-def predict_config(config=None, checkpoint=None, overrides=()) -> dict:
+def predict_config(config=None, checkpoint=None, overrides=()) -> ExperimentConfig:
     """The config :func:`predict` runs: ``config`` (dict, YAML path or shipped name) with ``overrides``.
 
     Without a config but with a checkpoint, the checkpoint's own ``seed`` (which rebuilds a random base
@@ -122,18 +113,18 @@ def predict_config(config=None, checkpoint=None, overrides=()) -> dict:
     return load(config, overrides)
 
 
-def build_predict_generator(config: dict, proposals) -> Callable:
+def build_predict_generator(config: ExperimentConfig, proposals) -> Callable:
     """A generator from ``proposals``: a kind ("sam", "gt", "mask2former", "file:DIR"; settings from the
     config when its kind matches) or a ready callable."""
     if callable(proposals):
         return proposals
     if not isinstance(proposals, str):
         raise ValueError(f"proposals must be a kind (sam, gt, mask2former, file:DIR) or a generator, got {proposals!r}")
-    config = copy.deepcopy(config)
-    if config["proposals"].get("kind") != proposals:
-        config["proposals"] = {"kind": proposals, "settings": {}}
+    config = copy.deepcopy(load(config))
+    if config.proposals.kind != proposals:
+        config.proposals = ProposalsConfig(kind=proposals)
     # one photo: no proposal cache (it is keyed by dataset image ids) unless the config asks for one
-    config["proposals"]["settings"] = {"cache": False, **(config["proposals"].get("settings") or {})}
+    config.proposals.settings = {"cache": False, **config.proposals.settings}
     return build_generator(config)
 
 
@@ -166,7 +157,7 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     # An authors' file brings its own CLIP; a maft checkpoint its model settings when no config is given.
     config = config_for_checkpoint(predict_config(config, checkpoint if isinstance(checkpoint, (str, Path, dict))
                                                   else None), checkpoint)
-    settings = eval_settings(config)
+    settings = config.eval
     sample = {"image": pixels, "id": image_id}
     if label is not None:
         sample["label"] = read_label(label, tuple(pixels.shape[-2:]), len(names))
@@ -181,61 +172,12 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
         classifier = experiment.classifier(checkpoint) if classifier is None else classifier
     if text.shape[0] != len(names):
         raise ValueError(f"text classifier has {text.shape[0]} rows for {len(names)} class names")
-    lam = settings["ensemble_lambda"] if ensemble_lambda == "config" else ensemble_lambda
-    segmenter = Segmenter(classifier.eval(), generator, text, config["model"]["image_size"], seen=None,
-                          ensemble_lambda=lam, variant=settings["variant"], classes=names,
-                          sliding_window=settings["sliding_window"], window=settings["window"],
-                          stride=settings["stride"])
+    lam = settings.ensemble_lambda if ensemble_lambda == "config" else ensemble_lambda
+    segmenter = Segmenter(classifier.eval(), generator, text, config.model.image_size, seen=None,
+                          ensemble_lambda=lam, variant=settings.variant, classes=names,
+                          sliding_window=settings.sliding_window, window=settings.window, stride=settings.stride)
     result = segmenter(sample)
     proposals_out = result.proposals
     if dataclasses.is_dataclass(proposals_out) and proposals_out.masks.shape != result.masks.shape:
         proposals_out = dataclasses.replace(proposals_out, masks=result.masks)  # at image resolution
-    return PredictResult(result.label_map, overlay(pixels, result.label_map, names), result.probs,
-                         result.clip_probs, proposals_out, names)
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-def output_paths(out: str | Path) -> dict[str, Path]:
-    """The files ``maft predict --out X.png`` writes: the overlay, a legend figure, the label map
-    (PNG of class indices, 255 = no prediction; 16-bit with 65535 from 255 classes on) and a JSON summary."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise ValueError(f"--out {str(out)!r}: the overlay is written as PNG, give a .png path")
-    stem = out.with_suffix("")
-    return {"overlay": out, "legend": Path(f"{stem}_legend.png"), "labels": Path(f"{stem}_labels.png"),
-            "summary": Path(f"{stem}.json")}
-
-
-def check_outputs(out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """:func:`output_paths` after checking they can be written (:func:`maft.paths.check_output_path`)
-    and, without ``overwrite``, that none exists; meant to run before any model is loaded."""
-    paths = output_paths(out)
-    for path in paths.values():
-        check_output_path(path, "--out")
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
-    return paths
-
-
-def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    paths = check_outputs(out, overwrite)
-    paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(result.overlay).save(paths["overlay"])
-    labels = result.label_map.numpy()
-    none_value = LABELS_NONE_8BIT if len(result.classes) < LABELS_NONE_8BIT else LABELS_NONE_16BIT
-    stored = np.where(labels == NO_PREDICTION, none_value, labels)
-    Image.fromarray(stored.astype(np.uint8 if none_value == LABELS_NONE_8BIT else np.uint16)).save(paths["labels"])
-    fig = result.figure(image)
-    save_figure(fig, paths["legend"])
-    summary = {
-        "classes": result.classes,
-        "labels_png_no_prediction": none_value,
-        "n_proposals": int(result.probs.shape[0]),
-        "legend": [{"class": name, "rgb": list(rgb), "pixel_fraction": round(share, 6)}
-                   for name, rgb, share in legend_entries(result.label_map, result.classes)],
-    }
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
-    return paths
+    return PredictResult(result.label_map, result.probs, result.clip_probs, proposals_out, names)

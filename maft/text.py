@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import paths
-from .classes import check_class_names
-from .progress import progress_bar
+from .utils import paths
+from .data.class_specs import check_class_names
+from .utils.progress import progress_bar
 from .templates import TEMPLATES
 
 # Bump when the way text classifiers are computed changes, so old cache entries are never reused.
@@ -141,7 +141,7 @@ def text_classifier(
     Args:
         templates: "vild" (14, MAFT's choice), "imagenet" (80), "single", or a list of format strings.
         cache: reuse/store the result on disk under ``cache_dir`` (default
-            ``maft.paths.cache_dir("text")``), keyed by model name, pretrained weights, a hash of the
+            ``maft.utils.paths.cache_dir("text")``), keyed by model name, pretrained weights, a hash of the
             text weights, tokenizer, templates and prompt names.
         device: where the result goes (default: the model's device); encoding runs on the model's
             device.

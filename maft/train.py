@@ -20,7 +20,7 @@ all-reduced before the backward pass and every chunk's loss is its exact share o
 N ranks x B/N images give the same gradient as 1 rank x B images, and micro-batches
 (``micro_batch_size``) the same as one pass.
 
-Training images go through the authors' augmentation (:mod:`maft.augment`, ``train.augmentation``),
+Training images go through the authors' augmentation (:mod:`maft.data.augment`, ``train.augmentation``),
 seeded by (seed, position in the image stream), so it too is the same for any number of ranks,
 workers or a resumed run.
 
@@ -52,22 +52,18 @@ import torch
 import yaml
 from torch import nn
 
-from .augment import AugmentedDataset, TrainAugmentation, augmentation_settings
-from .checkpoints import load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
+from .data.augment import AugmentedDataset, TrainAugmentation, augmentation_settings
+from .checkpoints import check_resume_config, load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
 from .clip import clip_normalisation, preprocess_images, tower_input_size
-from .config import training_config, with_defaults
+from .config import load
 from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collate_samples, seed_everything,
                           seed_worker)
 from .experiment import build_experiment, build_ipclip
 from .losses import batch_denominators, iou_targets, maft_objective
-from .paths import check_output_path, resolve_output_path
-from .progress import progress_bar
+from .utils.paths import check_output_path, resolve_output_path
+from .utils.progress import progress_bar
 from .proposals import CachedProposals
 from .trainable import norm_parameter_names, set_trainable
-
-
-RESUME_MAY_DIFFER = {("train", "out_dir"), ("train", "log_every"), ("train", "checkpoint_every"),
-                     ("train", "num_workers"), ("train", "device"), ("name",), ("eval",)}
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):
@@ -78,22 +74,10 @@ class NonFiniteLossError(FloatingPointError, ValueError):
     """
 
 
-def _config_differences(a: Any, b: Any, prefix: tuple = ()) -> list[tuple]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _config_differences(a.get(key), b.get(key), prefix + (key,))
-        return out
-    return [] if a == b else [prefix]
-
-
-def _check_resume_config(config: dict, saved: dict, checkpoint: str) -> None:
-    differ = [path for path in _config_differences(config, saved)
-              if not any(path[:len(allowed)] == allowed for allowed in RESUME_MAY_DIFFER)]
-    if differ:
-        names = ", ".join(".".join(map(str, path)) for path in differ)
-        raise ValueError(f"--resume {checkpoint}: the config differs from the checkpoint's in {names}; "
-                         "resume with the checkpoint's config (omit --config) or start a new run")
+def _training_config(config):
+    """The checked config of a run; a run without a name is called "maft" (its folder's name)."""
+    config = load(config)
+    return config if config.name is not None else load(config, ["name=maft"])
 
 
 def _resolve_device(setting: str) -> torch.device:
@@ -333,10 +317,10 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
         if saved is None:
             raise ValueError("finetune needs a config (or resume=<checkpoint> to reuse its config)")
         config = saved["config"]
-    config = training_config(config)
+    config = _training_config(config)
     saved_train = {}
     if saved is not None:
-        _check_resume_config(config, training_config(saved["config"]), str(resume))
+        check_resume_config(config, _training_config(saved["config"]), str(resume))
         saved_train = saved["config"].get("train") or {}
     cfg = config["train"]
     device = _resolve_device(cfg["device"])
@@ -390,7 +374,7 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
             times.append(time.perf_counter() - began)
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.4f}", ma=f"{stats['loss_ma']:.4f}", dis=f"{stats['loss_dis']:.4f}",
-                            refresh=False)  # a forced redraw per step would flood a log (maft.progress)
+                            refresh=False)  # a forced redraw per step would flood a log (maft.utils.progress)
             last = step == cfg["iterations"]
             if ddp.main and (last or step == 1 or (cfg["log_every"] and step % cfg["log_every"] == 0)):
                 _append_jsonl(metrics, {"step": step, **stats, "step_time_s": times[-1]})
@@ -469,14 +453,14 @@ def _frozen_teacher(visual: nn.Module) -> nn.Module:
 
 def drawn_images(config: dict, num_images: int, start: int = 0) -> list[int]:
     """The dataset indices that steps ``start ..`` of this training run draw (over all processes)."""
-    cfg = training_config(config)["train"]
+    cfg = load(config).train
     return GlobalBatchSampler(num_images, cfg["batch_size"], int(config["seed"]), start, cfg["iterations"]).drawn()
 
 
 def _loader(parts: TrainingRun, config: dict, start: int, ddp: Distributed) -> torch.utils.data.DataLoader:
     cfg = config["train"]
     augmentation = augmentation_settings(cfg["augmentation"])
-    kind = with_defaults(config)["proposals"]["kind"]
+    kind = config["proposals"]["kind"]
     sampler = GlobalBatchSampler(len(parts.dataset), cfg["batch_size"], int(config["seed"]), start,
                                  cfg["iterations"], ddp.rank, ddp.world, with_positions=augmentation is not None)
     dataset = parts.dataset

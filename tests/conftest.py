@@ -71,7 +71,7 @@ def refuse_remote_connections():
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_maft_cache(tmp_path_factory):
-    """Point ``maft.paths.cache_dir`` (``$MAFT_CACHE``) at a temporary folder for the session."""
+    """Point ``maft.utils.paths.cache_dir`` (``$MAFT_CACHE``) at a temporary folder for the session."""
     with pytest.MonkeyPatch.context() as patch:
         folder = tmp_path_factory.mktemp("maft-cache")
         patch.setenv("MAFT_CACHE", str(folder))
@@ -109,8 +109,8 @@ def make_tiny_clip():
 def smoke_run(tmp_path_factory):
     """``(output_dir, runs)`` of the whole notebook series on the smoke profile, run once per session
     (70-120 s): the notebook tests and the browser test of the explorer share it. Treat as read-only."""
-    from maft import series as notebooks
+    from maft.notebook import series
 
     out = tmp_path_factory.mktemp("smoke")
-    runs = notebooks.run_series("smoke", output_dir=out, progress=False)
+    runs = series.run_series("smoke", output_dir=out, progress=False)
     return out, runs

@@ -1,10 +1,11 @@
-"""maft.analysis and maft.study (what the notebooks compute) and the explorer, on hand-made cases and a tiny CLIP."""
+"""maft.studies.experiment_runs and maft.studies.variants (what the notebooks compute) and the explorer, on hand-made cases and a tiny CLIP."""
 import json
 import pytest
 import torch
 
-from maft import analysis, config, experiment, study
-from maft.explorer import ProposalExplorer
+from maft.studies import experiment_runs, variants
+from maft import config, experiment
+from maft.viz.explorer import ProposalExplorer
 
 
 def test_confused_regions_counts_poor_proposals_scoring_like_the_whole():
@@ -24,7 +25,7 @@ def test_confused_regions_counts_poor_proposals_scoring_like_the_whole():
         {"classifier": "b", "image": 0, "id": "i0", "class": 3, "proposal": 1, "kind": "merged", "iou": 0.49,
          "score": 0.5},
     ]
-    found = study.confused_regions(points, class_names=["c0", "c1", "c2", "cat"])
+    found = variants.confused_regions(points, class_names=["c0", "c1", "c2", "cat"])
     assert {name: (v["regions"], v["confused"], v["confusion_rate"]) for name, v in found.items()} == {
         "a": (2, 1, 0.5), "b": (1, 1, 1.0)}
     # the largest margin first: image 0's part beats its whole object by 0.1, image 1's background loses by 0.7
@@ -37,29 +38,29 @@ def test_confused_regions_counts_poor_proposals_scoring_like_the_whole():
 def test_pick_proposals_takes_the_first_region_and_one_of_each_kind():
     kinds = ["whole", "whole", "part", "part", "background", "merged", "part"]
     sources = torch.tensor([4, 7, 7, 4, 4, 7, 4])
-    assert analysis.pick_proposals(kinds, sources) == [0, 3, 4]
-    assert analysis.pick_proposals([], torch.zeros(0, dtype=torch.long)) == []
+    assert experiment_runs.pick_proposals(kinds, sources) == [0, 3, 4]
+    assert experiment_runs.pick_proposals([], torch.zeros(0, dtype=torch.long)) == []
 
 
 def test_mean_and_std_over_seeds_and_the_readable_table():
     per_seed = {"0": {"maft": {"miou_seen": 10.0, "miou_unseen": 4.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.5}},
                 "1": {"maft": {"miou_seen": 14.0, "miou_unseen": 6.0, "hiou": None, "miou": 8.0, "mask_awareness": 0.7}}}
-    result = study.mean_and_std(per_seed)
+    result = variants.mean_and_std(per_seed)
     assert result["mean"]["maft"]["miou_seen"] == pytest.approx(12.0)
     assert result["std"]["maft"]["miou_seen"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 10, 14
     assert "hiou" not in result["mean"]["maft"]
-    rows = study.mean_std_rows(result)
+    rows = variants.mean_std_rows(result)
     assert rows[0]["miou"] == 8.0 and rows[0]["miou_std"] == 0.0
-    table = study.mean_std_table(rows, digits=1)
+    table = variants.mean_std_table(rows, digits=1)
     assert table[0]["mask_awareness"] == "0.6 ± 0.1" and "hiou" not in table[0]
 
 
 def test_find_checkpoint_names_the_folder_when_there_is_none(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        analysis.find_checkpoint(tmp_path)
+        experiment_runs.find_checkpoint(tmp_path)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"x")
-    assert analysis.find_checkpoint(tmp_path) == str(tmp_path / "run" / "checkpoint.pt")
+    assert experiment_runs.find_checkpoint(tmp_path) == str(tmp_path / "run" / "checkpoint.pt")
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +71,10 @@ def world_parts():
 
 
 def test_score_iou_points_match_a_direct_computation(world_parts):
-    points = study.score_iou_points(world_parts, {"frozen": world_parts.frozen}, max_images=1)
-    view = analysis.classify_sample(world_parts, world_parts.frozen, 0)
+    points = variants.score_iou_points(world_parts, {"frozen": world_parts.frozen}, max_images=1)
+    view = experiment_runs.classify_sample(world_parts, world_parts.frozen, 0)
     assert len(points) == len(view.kinds)
-    from maft.evaluate import region_ious
+    from maft.proposals.quality import region_ious
 
     for n, point in enumerate(points):
         k = int(view.source_class[n])
@@ -92,15 +93,15 @@ def test_the_crop_baseline_is_the_classifier_eval_classifier_frozen_evaluates(wo
     assert crop.merge == "mask_and_crop" and world_parts.crop(merge="mask").merge == "mask"
     configured = experiment.build_classifier(config.apply_overrides(world_parts.config, ["eval.classifier=frozen"]),
                                              world_parts.model)
-    torch.testing.assert_close(analysis.classify_sample(world_parts, crop, 0).probs,
-                               analysis.classify_sample(world_parts, configured, 0).probs, rtol=0, atol=0)
-    at_tower_size = analysis.classify_sample(world_parts, crop.__class__(world_parts.model.visual), 0).probs
-    assert not torch.allclose(at_tower_size, analysis.classify_sample(world_parts, crop, 0).probs, atol=1e-3)
+    torch.testing.assert_close(experiment_runs.classify_sample(world_parts, crop, 0).probs,
+                               experiment_runs.classify_sample(world_parts, configured, 0).probs, rtol=0, atol=0)
+    at_tower_size = experiment_runs.classify_sample(world_parts, crop.__class__(world_parts.model.visual), 0).probs
+    assert not torch.allclose(at_tower_size, experiment_runs.classify_sample(world_parts, crop, 0).probs, atol=1e-3)
 
 
 def test_seen_only_scores_are_a_softmax_over_the_seen_classes(world_parts):
     seen = world_parts.dataset.seen
-    view = analysis.classify_sample(world_parts, world_parts.frozen, 0, class_ids=seen)
+    view = experiment_runs.classify_sample(world_parts, world_parts.frozen, 0, class_ids=seen)
     assert view.probs.shape[1] == len(seen)
     torch.testing.assert_close(view.probs.sum(1), torch.ones(len(view.kinds)))
 
@@ -153,7 +154,7 @@ def test_explorer_box_mode_disables_the_proposal_slider(world_parts):
 def test_run_variants_trains_and_evaluates_each_variant_per_seed(tmp_path):
     base = config.load("voc20_tiny_cpu", ["data.max_images=2", "train.iterations=1", "train.batch_size=2",
                                           "train.checkpoint_every=0"])
-    result = study.run_variants(base, {"maft": [], "no_distill": ["train.distill_weight=0"]}, [0, 1], tmp_path,
+    result = variants.run_variants(base, {"maft": [], "no_distill": ["train.distill_weight=0"]}, [0, 1], tmp_path,
                                 progress=False)
     assert set(result["per_seed"]) == {"0", "1"}
     for seed in ("0", "1"):

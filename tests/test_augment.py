@@ -1,4 +1,4 @@
-"""The authors' training augmentation (maft.augment): image, label and proposals stay aligned.
+"""The authors' training augmentation (maft.data.augment): image, label and proposals stay aligned.
 
 The test images encode their label in their colours (class k has colour PALETTE[k], ignore has its
 own colour), so after any resize, crop and flip every pixel well inside a region must still show the
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maft.augment import (AUTHORS_AUGMENTATION, AugmentedDataset, TrainAugmentation, augmentation_settings,
+from maft.data.augment import (AUTHORS_AUGMENTATION, AugmentedDataset, TrainAugmentation, augmentation_settings,
                           stream_generator)
-from maft.datasets import build_dataset
+from maft.data.datasets import build_dataset
 from maft.proposals import Proposals
 
 IGNORE = 255

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maft import authors
+from maft import authors_checkpoints
 from maft.clip import load_clip, resize_pos_embed
 from maft.ipclip import IPCLIP
 from maft.checkpoints import load_finetuned
@@ -73,7 +73,7 @@ def _masks(grid: int, n: int = 5, seed: int = 0):
 
 def test_load_clip_takes_text_and_the_finetuned_tower(released, towers, caplog):
     original, tuned = towers
-    with caplog.at_level(logging.WARNING, logger="maft.authors"):
+    with caplog.at_level(logging.WARNING, logger="maft.authors_checkpoints"):
         model, _, _ = load_clip(NAME, pretrained=released)
     assert "ignoring its proposal generator" in caplog.text and "backbone. / sem_seg_head." in caplog.text
     loaded = model.state_dict()
@@ -150,8 +150,8 @@ def test_released_architectures_are_recognised():
     for width, blocks, patch, name in ((1024, 24, 14, "ViT-L-14"), (768, 12, 16, "ViT-B-16")):
         fake = {"conv1.weight": torch.empty(width, 3, patch, patch), "proj": torch.empty(width, 8)}
         fake.update({f"transformer.resblocks.{i}.attn.in_proj_weight": torch.empty(0) for i in range(blocks)})
-        assert f"looks like {name}:" in authors._name_hint(fake)
-        assert authors.describe_tower(fake) == f"ViT width {width}, {blocks} blocks, patch {patch}"
+        assert f"looks like {name}:" in authors_checkpoints._name_hint(fake)
+        assert authors_checkpoints.describe_tower(fake) == f"ViT width {width}, {blocks} blocks, patch {patch}"
 
 
 def test_checkpoint_option_loads_the_tower_onto_the_base_clip(released, towers):
@@ -177,7 +177,7 @@ def test_other_files_are_not_taken_for_the_authors(tmp_path, towers):
     torch.save({"model": {"name": NAME, "pretrained": None}, "format": "x"}, tmp_path / "maft.pt")
     (tmp_path / "text.pt").write_text("not a checkpoint")
     for name in ("open_clip.pt", "maft.pt", "text.pt"):
-        assert authors.read_checkpoint(tmp_path / name) is None, name
+        assert authors_checkpoints.read_checkpoint(tmp_path / name) is None, name
     model, _, _ = load_clip(NAME, pretrained=tmp_path / "open_clip.pt")  # open_clip's own loader, unchanged
     assert torch.equal(model.visual.conv1.weight, original.visual.conv1.weight)
     assert "format" not in model.maft_source
@@ -187,7 +187,7 @@ def test_module_prefix_is_dropped(towers, tmp_path):
     path = _authors_file(tmp_path / "ddp.pt", *towers)
     data = torch.load(path, weights_only=True)
     torch.save({"model": {f"module.{k}": v for k, v in data["model"].items()}}, path)
-    assert set(authors.read_checkpoint(path).counts()) >= {"IPCLIP.", "T.", "clip_adapter.clip_model."}
+    assert set(authors_checkpoints.read_checkpoint(path).counts()) >= {"IPCLIP.", "T.", "clip_adapter.clip_model."}
 
 
 def test_eval_with_the_authors_checkpoint_equals_the_tuned_tower(released, towers, tmp_path):

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from maft.baseline import MERGE_MODES, FrozenCLIP, mask_boxes
+from maft.crop_classifier import MERGE_MODES, FrozenCLIP, mask_boxes
 from maft.masks import binarize_masks
 from maft.ipclip import IPCLIP, ProposalEmbeddings
 

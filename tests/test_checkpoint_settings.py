@@ -96,7 +96,7 @@ def test_eval_at_another_start_layer_is_an_error_unless_asked_for(trained, tmp_p
     matching["eval"] = {"max_images": 1}
     assert evaluate_config(matching, checkpoint=trained, out=tmp_path / "n.json", progress=False)["n_images"] == 1
     config["eval"]["allow_other_start_layer"] = "yes please"
-    with pytest.raises(ValueError, match="eval.allow_other_start_layer must be true or false"):
+    with pytest.raises(ValueError, match="config key eval.allow_other_start_layer: expected true or false"):
         evaluate_config(config, checkpoint=trained, out=tmp_path / "o.json", progress=False)
 
 

@@ -1,4 +1,4 @@
-"""Duplicate class names are found the same way (maft.classes.class_key: case and spacing ignored) at
+"""Duplicate class names are found the same way (maft.data.class_specs.class_key: case and spacing ignored) at
 every entry point that takes a class list."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from maft.classes import ClassSpec, spec_from_dict
+from maft.data.class_specs import ClassSpec, spec_from_dict
 from maft.evaluate import evaluate
 from maft.inference import Segmenter, align_generator_scores
 from maft.metrics import ConfusionMatrix, segmentation_metrics

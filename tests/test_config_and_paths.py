@@ -1,4 +1,4 @@
-"""maft.config overrides, maft.paths dataset-root resolution, maft.report files, the CLI dispatcher."""
+"""maft.config overrides, maft.utils.paths dataset-root resolution, maft.notebook.report files, the CLI dispatcher."""
 import json
 import subprocess
 import sys
@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from maft import config as cfg
-from maft import paths, report
+from maft.utils import paths
+from maft.notebook import report
 
 
 def test_override_sets_nested_values_parsed_as_yaml():

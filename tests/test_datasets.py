@@ -1,4 +1,4 @@
-"""Class specs (maft.classes) and dataset loading (maft.datasets) on the shared real samples.
+"""Class specs (maft.data.class_specs) and dataset loading (maft.data.datasets) on the shared real samples.
 
 Expected numbers come from /work/shared/data/*/class_stats.md (parsed below) and from pixels read
 directly with PIL; bad inputs are built in tmp_path.
@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maft import paths
-from maft.classes import available_datasets, check_class_names, load_class_spec, spec_from_dict
-from maft.datasets import DATASETS, SegDataset, build_dataset, class_image_counts, classes_per_image, read_image
+from maft.utils import paths
+from maft.data.class_specs import available_datasets, check_class_names, load_class_spec, spec_from_dict
+from maft.data.datasets import DATASETS, SegDataset, build_dataset, class_image_counts, classes_per_image, read_image
 from maft.predict import load_image
 
 SHARED = paths.REPO_ROOT.parent / "shared" / "data"

@@ -1,4 +1,4 @@
-"""maft.download: verified, resumable downloads through a mirror, the offline switch, CLIP through open_clip,
+"""maft.downloads.verified: verified, resumable downloads through a mirror, the offline switch, CLIP through open_clip,
 `maft download --list`, and the suite-wide guard against network connections.
 
 Every download here goes to a loopback HTTP server on 127.0.0.1 that the test starts (tests/loopback_http.py),
@@ -24,11 +24,11 @@ import yaml
 from filelock import FileLock
 from loopback_http import LoopbackServer
 
-from maft import download, download_registry
+from maft.downloads import registry as download_registry, verified
 from maft.cli import main as cli_main
 from maft.clip import load_clip
-from maft.datasets import DATASETS
-from maft.download import ChecksumError, DownloadInterrupted, MissingFileError, fetch, load_registry
+from maft.data.datasets import DATASETS
+from maft.downloads.verified import ChecksumError, DownloadInterrupted, MissingFileError, fetch, load_registry
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
 WEIGHTS_PATH = "/models/v1/weights.bin"
@@ -78,7 +78,7 @@ def server(monkeypatch):
 
 
 def leftovers(directory: Path) -> list[str]:
-    bookkeeping = (download.VERIFIED_RECORD, download.DOWNLOAD_LOCK)
+    bookkeeping = (verified.VERIFIED_RECORD, verified.DOWNLOAD_LOCK)
     return sorted(p.name for p in directory.iterdir() if p.name not in bookkeeping)
 
 
@@ -113,10 +113,10 @@ def test_registry_rejects_a_malformed_hash(tmp_path):
 
 def test_mirror_replaces_scheme_and_host(monkeypatch):
     monkeypatch.setenv("MAFT_MIRROR", "http://mirror.local:8080/pub/")
-    assert download.mirror_url("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth") == \
+    assert verified.mirror_url("https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth") == \
         "http://mirror.local:8080/pub/segment_anything/sam_vit_b_01ec64.pth"
     monkeypatch.delenv("MAFT_MIRROR")
-    assert download.mirror_url("https://a.org/b/c.zip") == "https://a.org/b/c.zip"
+    assert verified.mirror_url("https://a.org/b/c.zip") == "https://a.org/b/c.zip"
 
 
 # ------------------------------------------------------------------------------------------ downloads
@@ -128,7 +128,7 @@ def test_download_through_the_mirror_is_verified_placed_and_not_fetched_again(se
     assert path == (tmp_path / "w" / "weights.bin").resolve() and path.read_bytes() == PAYLOAD
     assert [(r.path, r.status, r.sent) for r in server.log] == [(WEIGHTS_PATH, 200, len(PAYLOAD))]
     assert leftovers(tmp_path / "w") == ["weights.bin"]  # no .part, no pooch temporary file
-    assert download.is_verified(registry.file("weights.bin"), path)
+    assert verified.is_verified(registry.file("weights.bin"), path)
     assert fetch("weights.bin", tmp_path / "w", progress=False, registry=registry) == path
     assert len(server.log) == 1  # present and verified: no second request
 
@@ -190,7 +190,7 @@ def test_a_corrupt_partial_file_never_survives(server, registry, tmp_path):
 def test_a_download_waits_for_another_process_downloading_into_the_same_folder(server, registry, tmp_path):
     server.files[WEIGHTS_PATH] = PAYLOAD
     (tmp_path / "w").mkdir()
-    other = FileLock(tmp_path / "w" / download.DOWNLOAD_LOCK)  # e.g. another torchrun rank
+    other = FileLock(tmp_path / "w" / verified.DOWNLOAD_LOCK)  # e.g. another torchrun rank
     other.acquire()
     result = {}
     thread = threading.Thread(target=lambda: result.update(path=fetch("weights.bin", tmp_path / "w", progress=False,
@@ -207,8 +207,8 @@ def test_a_download_waits_for_another_process_downloading_into_the_same_folder(s
 def test_a_download_that_cannot_fit_on_the_disk_fails_before_fetching(server, tmp_path, monkeypatch):
     registry = load_registry(write_registry(tmp_path / "registry.yaml", {"huge.bin": {
         "url": "https://dl.example.org/huge.bin", "size": 19_336_861_798, "hash": md5(b""), "group": "sam"}}))
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda path: SimpleNamespace(free=5_000_000_000))
-    with pytest.raises(download.DownloadError, match=r"huge.bin needs 19.34 GB more in .*, which has 5.00 GB free"):
+    monkeypatch.setattr(verified.shutil, "disk_usage", lambda path: SimpleNamespace(free=5_000_000_000))
+    with pytest.raises(verified.DownloadError, match=r"huge.bin needs 19.34 GB more in .*, which has 5.00 GB free"):
         fetch("huge.bin", tmp_path, progress=False, registry=registry)
     assert server.log == []
 

@@ -16,9 +16,10 @@ import yaml
 from loopback_http import LoopbackServer
 from test_prepare import VOC_PALETTE, fake_ade_full, label_8x8, save_jpg, save_png
 
-from maft import download, download_registry, paths
+from maft.downloads import registry as download_registry, verified
+from maft.utils import paths
 from maft.cli import main as cli_main
-from maft.datasets import build_dataset
+from maft.data.datasets import build_dataset
 
 VOC_IDS = ("2007_000001", "2007_000002", "2008_000003")
 
@@ -72,7 +73,7 @@ def md5(data: bytes) -> str:
 
 def use_voc_registry(monkeypatch, tmp_path: Path, files: dict) -> Path:
     """A registry of ``files`` (name -> entry) and the shipped voc2012 recipe, in place of the shipped one."""
-    recipe = download.load_registry().datasets["voc2012"]
+    recipe = verified.load_registry().datasets["voc2012"]
     registry = tmp_path / "registry.yaml"
     registry.write_text(yaml.safe_dump({"files": files, "datasets": {"voc2012": {
         "title": recipe.title, "benchmarks": list(recipe.benchmarks), "after_unpack": recipe.after_unpack,
@@ -85,7 +86,7 @@ def use_voc_registry(monkeypatch, tmp_path: Path, files: dict) -> Path:
 def voc_mirror(monkeypatch, tmp_path):
     """The shipped registry's VOC entries with the tiny archives' sizes and md5s, served by the mirror."""
     voc_tar, sbd_tgz = tiny_voc_archives(tmp_path)
-    shipped = download.load_registry()
+    shipped = verified.load_registry()
     files = {}
     for name, data in (("VOCtrainval_11-May-2012.tar", voc_tar), ("benchmark.tgz", sbd_tgz)):
         entry = shipped.file(name)

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from maft.paths import REPO_ROOT
+from maft.utils.paths import REPO_ROOT
 
 # What issue 2 asks the environment to provide (distribution names).
 REQUIRED = [

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maft.evaluate import (evaluate, evaluate_config, mask_awareness, region_correlations, region_ious,
-                           upper_bound_map)
+from maft.evaluate import evaluate, evaluate_config, mask_awareness, region_correlations
+from maft.proposals.quality import region_ious, upper_bound_map
 from maft.inference import NO_PREDICTION
 from maft.proposals import GTProposals, Proposals
 
@@ -194,7 +194,7 @@ KEYS = {"miou", "miou_seen", "miou_unseen", "hiou", "per_class_iou", "pixel_acc"
 
 def test_end_to_end_on_voc_with_tiny_clip(tiny_clip):
     from maft.text import text_classifier
-    from maft.datasets import build_dataset
+    from maft.data.datasets import build_dataset
     from maft.ipclip import IPCLIP
 
     model, _, tokenizer = tiny_clip
@@ -246,7 +246,7 @@ def test_evaluate_config_with_checkpoint_and_frozen_clip(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="frozen takes none"):
         evaluate_config(tiny_config(tmp_path, classifier="frozen"), checkpoint=summary["checkpoint"],
                         out=tmp_path / "x.json", progress=False)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="config key eval.lamda: unknown key in section 'eval'"):
         evaluate_config(tiny_config(tmp_path, lamda=0.5), out=tmp_path / "y.json", progress=False)
 
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from maft import series as notebooks
-from maft.analysis import find_checkpoint
-from maft.paths import REPO_ROOT
+from maft.notebook import series
+from maft.studies.experiment_runs import find_checkpoint
+from maft.utils.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -142,9 +142,9 @@ def explorer_notebook(folder: Path, smoke_out: Path) -> Path:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    source = notebooks.NOTEBOOK_DIR / NOTEBOOK
-    declared = notebooks.declared_parameters(source)
-    parameters = {k: v for k, v in notebooks.load_profile("smoke").items() if k in declared}
+    source = series.NOTEBOOK_DIR / NOTEBOOK
+    declared = series.declared_parameters(source)
+    parameters = {k: v for k, v in series.load_profile("smoke").items() if k in declared}
     parameters.update(interactive=True, output_dir=str(folder / "outputs"),
                       checkpoint=find_checkpoint(smoke_out / "train"))
     notebook = parameterize_notebook(load_notebook_node(str(source)), parameters)

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from maft import series as notebooks
+from maft.notebook import series
 
 pytestmark = pytest.mark.slow
 
@@ -88,4 +88,4 @@ def test_the_report_is_html_with_every_figure_embedded(smoke_run):
     assert "<table>" in page and "04 · Zero-shot" in page
     # the list of executed notebooks links their HTML copies, which exist beside the report
     links = re.findall(r'<a href="([^"]+)"', page)
-    assert sorted(links) == sorted(p.stem + ".html" for p in notebooks.list_notebooks()), links
+    assert sorted(links) == sorted(p.stem + ".html" for p in series.list_notebooks()), links

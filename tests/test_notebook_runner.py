@@ -4,7 +4,7 @@ import json
 import nbformat
 import pytest
 
-from maft import series as notebooks
+from maft.notebook import series as runner
 
 
 def _write_notebook(path, cells):
@@ -21,7 +21,7 @@ def series(tmp_path):
     nb_dir = tmp_path / "nbs"
     nb_dir.mkdir()
     _write_notebook(nb_dir / "00_first.ipynb", [
-        "from maft.report import write_metrics, write_section",
+        "from maft.notebook.report import write_metrics, write_section",
         "write_metrics(output_dir, '00', {'value': value})\nwrite_section(output_dir, '00', 'First', f'value={value}')",
     ])
     _write_notebook(nb_dir / "01_second.ipynb", ["assert value == 2, 'value must be 2'"])
@@ -33,7 +33,7 @@ def series(tmp_path):
 def test_series_runs_in_order_with_profile_parameters(series, tmp_path):
     nb_dir, profile = series
     out = tmp_path / "out"
-    runs = notebooks.run_series(str(profile), output_dir=out, notebook_dir=nb_dir, progress=False)
+    runs = runner.run_series(str(profile), output_dir=out, notebook_dir=nb_dir, progress=False)
     assert [r.notebook for r in runs] == ["00_first.ipynb", "01_second.ipynb"]
     assert json.loads((out / "metrics" / "00.json").read_text()) == {"value": 2}
     report = (out / "report.md").read_text()
@@ -43,21 +43,21 @@ def test_series_runs_in_order_with_profile_parameters(series, tmp_path):
 def test_failure_names_notebook_and_cell(series, tmp_path):
     nb_dir, profile = series
     profile.write_text("value: 3\n")
-    with pytest.raises(notebooks.NotebookFailed, match=r"01_second.ipynb failed in cell In\[3\] `assert value == 2, 'value must be 2'` \(AssertionError: value must be 2\)"):
-        notebooks.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)
+    with pytest.raises(runner.NotebookFailed, match=r"01_second.ipynb failed in cell In\[3\] `assert value == 2, 'value must be 2'` \(AssertionError: value must be 2\)"):
+        runner.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)
 
 
 def test_only_and_unknown_profile(series, tmp_path):
     nb_dir, _ = series
-    assert [p.name for p in notebooks.list_notebooks(["01"], nb_dir)] == ["01_second.ipynb"]
+    assert [p.name for p in runner.list_notebooks(["01"], nb_dir)] == ["01_second.ipynb"]
     with pytest.raises(ValueError, match="--only 09"):
-        notebooks.list_notebooks(["09"], nb_dir)
+        runner.list_notebooks(["09"], nb_dir)
     with pytest.raises(FileNotFoundError, match="no_such_profile"):
-        notebooks.load_profile("no_such_profile")
+        runner.load_profile("no_such_profile")
 
 
 def test_profile_key_no_notebook_declares_is_an_error(series, tmp_path):
     nb_dir, profile = series
     profile.write_text("value: 2\nvalu: 3\n")
     with pytest.raises(ValueError, match=r"\['valu'\]"):
-        notebooks.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)
+        runner.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)

@@ -6,14 +6,14 @@ import json
 import nbformat
 import pytest
 
-from maft import series as notebooks
+from maft.notebook import series
 
 pytestmark = pytest.mark.slow
 
 
 def test_every_notebook_runs_with_the_smoke_profile(smoke_run):
     out, runs = smoke_run
-    assert [r.notebook for r in runs] == [p.name for p in notebooks.list_notebooks()]
+    assert [r.notebook for r in runs] == [p.name for p in series.list_notebooks()]
     assert len(runs) == 8
     report = (out / "report.md").read_text()
     for key in ("00 · Setup", "01 · Frozen CLIP", "02 · IP-CLIP", "03 · Mask-aware", "04 · Zero-shot",
@@ -32,17 +32,17 @@ def test_every_notebook_runs_with_the_smoke_profile(smoke_run):
 def test_rerun_reproduces_the_metrics(smoke_run, tmp_path):
     out, _ = smoke_run
     again = tmp_path / "again"
-    notebooks.run_series("smoke", only=["01", "03", "04"], output_dir=again, progress=False)
+    series.run_series("smoke", only=["01", "03", "04"], output_dir=again, progress=False)
     for key in ("01", "03", "04"):
         assert (again / "metrics" / f"{key}.json").read_bytes() == (out / "metrics" / f"{key}.json").read_bytes(), key
 
 
-@pytest.mark.parametrize("path", notebooks.list_notebooks(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", series.list_notebooks(), ids=lambda p: p.stem)
 def test_notebooks_are_thin_and_parameterised(path):
     nb = nbformat.read(str(path), as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assert {"profile", "output_dir"} <= notebooks.declared_parameters(path)
+    assert {"profile", "output_dir"} <= series.declared_parameters(path)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -53,7 +53,7 @@ def test_notebooks_are_thin_and_parameterised(path):
 
 
 def test_profiles_only_set_declared_parameters():
-    declared = set().union(*(notebooks.declared_parameters(p) for p in notebooks.list_notebooks()))
-    for profile in sorted(notebooks.PROFILE_DIR.glob("*.yaml")):
-        unknown = set(notebooks.load_profile(str(profile))) - declared - {"profile"}
+    declared = set().union(*(series.declared_parameters(p) for p in series.list_notebooks()))
+    for profile in sorted(series.PROFILE_DIR.glob("*.yaml")):
+        unknown = set(series.load_profile(str(profile))) - declared - {"profile"}
         assert not unknown, f"{profile.name} sets {sorted(unknown)}"

@@ -1,4 +1,4 @@
-"""Output paths are checked before the long work: maft.paths.check_output_path and every entry point."""
+"""Output paths are checked before the long work: maft.utils.paths.check_output_path and every entry point."""
 from __future__ import annotations
 
 import errno
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from maft import paths
+from maft.utils import paths
 from maft.cli import main
-from maft.paths import check_output_path
+from maft.utils.paths import check_output_path
 
 @pytest.fixture
 def blocker(tmp_path) -> Path:
@@ -124,7 +124,7 @@ def test_bench_out(blocker, capsys, monkeypatch):
 
 
 def test_world_outs(blocker, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("maft.story.ensure_world_clip", never)
+    monkeypatch.setattr("maft.world.story.ensure_world_clip", never)
     monkeypatch.setattr("maft.world.pretrain.ensure_world_clip", never)
     monkeypatch.setattr("maft.world.pretrain.load_clip", never)
     monkeypatch.setattr("maft.cli.world.save_scene_grid", never)
@@ -143,7 +143,7 @@ def test_world_outs(blocker, capsys, monkeypatch, tmp_path):
 
 
 def test_notebooks_output_dir(blocker, capsys, monkeypatch):
-    monkeypatch.setattr("maft.series.papermill.execute_notebook", never)
+    monkeypatch.setattr("maft.notebook.series.papermill.execute_notebook", never)
     err = cli_error(capsys, ["notebooks", "--profile", "smoke", "--output-dir", str(blocker / "smoke")])
     assert err.startswith(f"maft notebooks: error: --output-dir {blocker}/smoke")
 

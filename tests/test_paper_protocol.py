@@ -2,12 +2,12 @@
 import pytest
 import yaml
 
-from maft.config import CONFIG_DIR, apply_overrides, load_config, training_config
-from maft.series import load_profile
+from maft.config import CONFIG_DIR, apply_overrides, load, load_config
+from maft.notebook.series import load_profile
 
 
 def variant(config: dict, overrides) -> dict:
-    return training_config(apply_overrides(config, list(overrides)))
+    return load(apply_overrides(config, list(overrides)))
 
 
 def test_paper_coco_profile_runs_every_row_of_table_4():
@@ -36,12 +36,12 @@ def test_paper_coco_profile_runs_every_row_of_table_4():
 def test_transfer_rows_use_the_model_trained_on_all_171_classes():
     profile = load_profile("paper_coco")
     assert profile["transfer_config"] == "coco_stuff171_vitb16_openvocab"
-    openvocab = training_config(load_config(profile["transfer_config"]))
-    zero_shot = training_config(load_config(profile["config"]))
+    openvocab = load(load_config(profile["transfer_config"]))
+    zero_shot = load(load_config(profile["config"]))
     assert openvocab["data"]["protocol"] == "open_vocabulary" and zero_shot["data"]["protocol"] == "zero_shot"
     assert openvocab["data"]["dataset"] == "coco_stuff171"
     # the same recipe otherwise (only the name, protocol and proposal notes differ)
-    assert openvocab["train"] | {"out_dir": None} == zero_shot["train"] | {"out_dir": None}
+    assert openvocab.train.to_dict() | {"out_dir": None} == zero_shot.train.to_dict() | {"out_dir": None}
     assert openvocab["model"] == zero_shot["model"]
     assert set(profile["transfer"]) == {"A-847", "A-150", "PC-459", "PC-59", "PAS-20"}
 
@@ -51,7 +51,7 @@ def test_transfer_rows_use_the_model_trained_on_all_171_classes():
     ("coco_stuff171_rn50_openvocab", "RN50", None, 480),
 ])
 def test_table_6_configs(name, model, start_layer, size):
-    config = training_config(load_config(name))
+    config = load(load_config(name))
     assert config["model"] == {"name": model, "pretrained": "openai", "image_size": size, "start_layer": start_layer}
     assert config["data"]["protocol"] == "open_vocabulary" and config["name"] == name
 
@@ -60,7 +60,7 @@ def test_table_6_configs(name, model, start_layer, size):
                                   "coco_stuff171_vitb16_openvocab", "coco_stuff171_vitl14_openvocab",
                                   "coco_stuff171_rn50_openvocab"])
 def test_paper_configs_follow_the_authors_where_the_paper_is_silent(name):
-    train = training_config(load_config(name))["train"]
+    train = load(load_config(name))["train"]
     assert train["augmentation"] is True and train["loss_reduction"] == "pairs"
     assert train["constant_iou_rows"] == "keep" and train["norm_weight_decay"] == 0.0
     assert (train["weight_decay"], train["distill_weight"]) == (1e-5, 1.0)  # the paper's values, disclosed
@@ -69,10 +69,10 @@ def test_paper_configs_follow_the_authors_where_the_paper_is_silent(name):
 
 
 def test_world_config_trains_whole_scenes():
-    assert training_config(load_config("world"))["train"]["augmentation"] is False
+    assert load(load_config("world"))["train"]["augmentation"] is False
 
 
 def test_every_shipped_config_is_valid():
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        config = training_config(yaml.safe_load(path.read_text()))
+        config = load(yaml.safe_load(path.read_text()))
         assert config["data"]["protocol"] in ("zero_shot", "open_vocabulary"), path.name

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from maft.paper_results import compare, comparison_markdown, load_paper_results, paper_rows, paper_value, tables
-from maft.paths import REPO_ROOT
+from maft.studies.paper_results import compare, comparison_markdown, load_paper_results, paper_rows, paper_value, tables
+from maft.utils.paths import REPO_ROOT
 
 PAPER_DIR = REPO_ROOT.parent / "shared" / "paper"
 # where each table's rows start in the paper text

@@ -1,4 +1,4 @@
-"""Single-image prediction (API and ``maft predict``), its bad inputs, and the pictures of maft.viz."""
+"""Single-image prediction (API and ``maft predict``), its bad inputs, and the pictures of maft.viz.figures."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from PIL import Image
 
 from maft.inference import NO_PREDICTION, ensemble_scores
 from maft.predict import load_image as read_image, parse_class_names, predict
-from maft.viz import (
+from maft.viz.figures import (
     figure_to_array,
     legend_entries,
     overlay,
@@ -77,7 +77,8 @@ def test_predict_with_gt_proposals(voc_pair, config):
     result = predict(image_path, CLASSES, config=config, proposals="gt", label=label_path)
     height, width = Image.open(image_path).size[::-1]
     assert result.label_map.shape == (height, width) and result.label_map.dtype == torch.int64
-    assert result.overlay.shape == (height, width, 3) and result.overlay.dtype == np.uint8
+    coloured = overlay(read_image(image_path)[0], result.label_map, result.classes)
+    assert coloured.shape == (height, width, 3) and coloured.dtype == np.uint8
     assert result.probs.shape == (len(result.proposals), 2)
     assert torch.allclose(result.probs.sum(1), torch.ones(len(result.proposals)))
     values = set(result.label_map.unique().tolist())

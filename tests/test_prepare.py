@@ -1,4 +1,4 @@
-"""``maft data prepare`` / ``maft data check`` (maft.prepare) on tiny fake official layouts.
+"""``maft data prepare`` / ``maft data check`` (maft.data.prepare) on tiny fake official layouts.
 
 Each test writes a few 8x8 files in the official folder structure, converts them, loads the result
 with ``build_dataset`` and checks the contiguous ids pixel by pixel.
@@ -14,10 +14,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from maft import paths
+from maft.utils import paths
 from maft.cli import main as cli_main
-from maft.datasets import build_dataset
-from maft.prepare import prepare_dataset
+from maft.data.datasets import build_dataset
+from maft.data.prepare import prepare_dataset
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [7] * (256 * 3 - 9)
 

@@ -1,4 +1,4 @@
-"""The one progress-bar policy (maft.progress): bars on a terminal, sparse redraws in a log, env override."""
+"""The one progress-bar policy (maft.utils.progress): bars on a terminal, sparse redraws in a log, env override."""
 from __future__ import annotations
 
 import io
@@ -7,8 +7,8 @@ import re
 import pytest
 from tqdm import std
 
-from maft import progress
-from maft.progress import LOG_INTERVAL, progress_bar, progress_mode
+from maft.utils import progress
+from maft.utils.progress import LOG_INTERVAL, progress_bar, progress_mode
 
 
 class Terminal(io.StringIO):

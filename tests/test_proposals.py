@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maft.paths import dataset_dir
+from maft.utils.paths import dataset_dir
 from maft.proposals import (GT_KINDS, FileProposals, GTProposals, Mask2FormerProposals, Proposals,
                             SAMProposals, build_proposal_generator, build_sam, export_proposals, load_mask2former,
                             load_proposals, load_sam, proposal_iou, save_proposals)

@@ -17,11 +17,12 @@ from loopback_http import LoopbackServer
 from test_download_data import md5, tar_of, use_voc_registry
 from test_prepare import VOC_PALETTE, save_jpg, save_png
 
-from maft import download, experiment
+from maft.downloads import verified
+from maft import experiment
 from maft.config import load
-from maft.fetch import fetch_profile
+from maft.notebook.prerequisites import fetch_profile
 from maft.proposals import CachedProposals, Proposals, build_sam, generator_record, settings_digest
-from maft.series import load_profile, run_series
+from maft.notebook.series import load_profile, run_series
 from maft.train import drawn_images
 
 torch.set_num_threads(2)
@@ -163,7 +164,7 @@ def mirror(monkeypatch, tmp_path):
     archives = _archives(tmp_path)
     sam_bytes = archives.pop("sam.pth")
     sam_name = f"sam_maft_test_{md5(sam_bytes)[4:10]}.pth"
-    shipped = download.load_registry()
+    shipped = verified.load_registry()
     files = {name: {"url": shipped.file(name).url, "size": len(data), "hash": md5(data), "group": "voc2012"}
              for name, data in archives.items()}
     sam_url = f"https://dl.fbaipublicfiles.com/segment_anything/{sam_name}"

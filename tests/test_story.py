@@ -1,10 +1,10 @@
-"""maft.story: the paper's Table 4 in the world, on label-free test proposals (a reduced run)."""
+"""maft.world.story: the paper's Table 4 in the world, on label-free test proposals (a reduced run)."""
 import json
 
 import numpy as np
 import pytest
 
-from maft.story import ROWS, format_story, run_story
+from maft.world.story import ROWS, format_story, run_story
 
 
 @pytest.fixture(scope="module")

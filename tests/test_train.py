@@ -11,7 +11,7 @@ import maft.train as train_module
 from maft.config import load_config
 from maft.experiment import build_clip
 from maft.checkpoints import load_finetuned
-from maft.config import training_config
+from maft.config import load
 from maft.distributed import GlobalBatchSampler
 from maft.train import NonFiniteLossError, finetune
 from maft.trainable import set_trainable, trainable_parameter_names
@@ -201,11 +201,11 @@ def test_trainable_units_select_the_paper_defaults(tiny_clip, tiny_rn_clip):
     ("loss", "huber", "train.loss"),
     ("iterations", 0, "train.iterations"),
     ("amp", "int8", "train.amp"),
-    ("typo_setting", 1, "unknown train settings"),
+    ("typo_setting", 1, "config key train.typo_setting: unknown key"),
 ])
 def test_bad_train_settings_are_named(key, value, message):
     with pytest.raises(ValueError, match=message):
-        training_config({"train": {key: value}})
+        load({"train": {key: value}})
 
 
 def test_global_batch_shards_are_the_single_process_batch():
@@ -264,7 +264,7 @@ def test_cli_train_with_overrides_and_resume(tmp_path, capsys):
     ("ade847_vitb16_paper", "ade847", 5000),
 ])
 def test_paper_configs_hold_the_paper_settings(name, dataset, iterations):
-    config = training_config(load_config(name))
+    config = load(load_config(name))
     assert config["name"] == name and config["data"]["dataset"] == dataset
     assert config["model"] == {"name": "ViT-B-16", "pretrained": "openai", "image_size": 480, "start_layer": 8}
     train = config["train"]
@@ -276,7 +276,7 @@ def test_paper_configs_hold_the_paper_settings(name, dataset, iterations):
 
 
 def test_tiny_cpu_config_is_valid_and_small():
-    config = training_config(load_config("voc20_tiny_cpu"))
+    config = load(load_config("voc20_tiny_cpu"))
     assert config["model"]["name"] == "maft-test-vit" and config["model"]["pretrained"] is None
     assert config["train"]["device"] == "cpu" and config["train"]["iterations"] <= 10
 
@@ -306,9 +306,9 @@ def test_open_vocabulary_config_trains_on_every_class(tmp_path, capsys):
     assert config["train"]["augmentation"] is True
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["loss_dis"] == 0.0 and rows[0]["ma_classes"] > 0
-    parts = train_module._build_parts(training_config(config), torch.device("cpu"), Distributed(torch.device("cpu")))
+    parts = train_module._build_parts(load(config), torch.device("cpu"), Distributed(torch.device("cpu")))
     assert parts.seen == list(range(171)) and parts.dataset.unseen == [] and parts.text.shape[0] == 171
-    zero_shot = train_module._build_parts(training_config(config | {"data": {**config["data"], "protocol": "zero_shot"}}),
+    zero_shot = train_module._build_parts(load(config, ["data.protocol=zero_shot"]),
                                           torch.device("cpu"), Distributed(torch.device("cpu")))
     assert len(zero_shot.seen) == 156 and zero_shot.text.shape[0] == 156
 
@@ -331,7 +331,7 @@ def test_first_logged_step_has_zero_self_distillation_and_norms_get_no_weight_de
     summary = finetune(tiny_config(tmp_path / "run", iterations=1), progress=False)
     assert read_metrics(tmp_path / "run")[0]["loss_dis"] == 0.0  # the student is still the teacher
     config = torch.load(summary["checkpoint"], weights_only=True)["config"]
-    parts = train_module._build_parts(training_config(config), torch.device("cpu"), Distributed(torch.device("cpu")))
+    parts = train_module._build_parts(load(config), torch.device("cpu"), Distributed(torch.device("cpu")))
     by_decay = {group["weight_decay"]: group["params"] for group in parts.optimizer.param_groups}
     assert sorted(by_decay) == [0.0, 1e-5]
     names = {id(p): n for n, p in parts.visual.named_parameters()}

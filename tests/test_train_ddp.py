@@ -7,7 +7,7 @@ images at once; the kernels then round differently in the last bits, and AdamW's
 m / (sqrt(v) + eps) turns rounding noise in near-zero gradient elements (e.g. the attention key bias,
 whose true gradient is exactly 0) into parameter differences of up to ~lr per step. So against that run
 the loss terms are compared at 1e-6, the first step's gradient norm at 2e-4 and the parameters within
-two steps' worth of the learning rate. The runs use the authors' augmentation (maft.augment), seeded by
+two steps' worth of the learning rate. The runs use the authors' augmentation (maft.data.augment), seeded by
 stream position, so the exact match to the micro-batched run also pins it as rank-independent.
 """
 import json

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from maft.datasets import build_dataset
-from maft.prepare import check_report
-from maft.user_data import class_file_spec, resolve_spec
+from maft.data.datasets import build_dataset
+from maft.data.prepare import check_report
+from maft.data.user_folder import class_file_spec, resolve_spec
 
 CLASSES = ["floor", "cup", "plate", "knife"]
 # per split: image id -> the classes painted into its mask (besides floor, which is everywhere)
@@ -170,12 +170,12 @@ def test_eval_and_finetune_on_your_dataset(kitchen, tmp_path):
 
 @pytest.mark.slow
 def test_notebook_00_on_your_dataset(kitchen, tmp_path):
-    from maft import series as notebooks
+    from maft.notebook import series
 
     profile = tmp_path / "kitchen.yaml"
     profile.write_text(yaml.safe_dump({"config": "voc20_tiny_cpu", "overrides": [f"data.dataset={kitchen}"],
                                        "n_show": 2}))
-    notebooks.run_series(str(profile), only=["00"], output_dir=tmp_path / "out", progress=False)
+    series.run_series(str(profile), only=["00"], output_dir=tmp_path / "out", progress=False)
     metrics = json.loads((tmp_path / "out" / "metrics" / "00.json").read_text())
     assert metrics["dataset"] == "kitchen" and metrics["unseen"] == ["knife"]
     assert (metrics["eval_images"], metrics["train_images"]) == (2, 3)

@@ -10,9 +10,9 @@ from IPython.core.formatters import DisplayFormatter
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from maft import viz
-from maft.display import enable_notebook_figures, figure_png
-from maft.notebook import setup
+from maft.viz import figures
+from maft.notebook.display import enable_notebook_figures, figure_png
+from maft.notebook.session import setup
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["sky", "road", "car", "tree"]
@@ -57,7 +57,7 @@ def test_a_figure_saved_by_the_notebook_carries_its_file_name_into_the_output(tm
 
 
 def test_a_png_display_registered_by_pyplot_s_inline_backend_is_wrapped_to_name_the_file(tmp_path):
-    # notebook 00 imports pyplot after maft.viz: the inline backend replaces the PNG display for Figure
+    # notebook 00 imports pyplot after maft.viz.figures: the inline backend replaces the PNG display for Figure
     shell = SimpleNamespace(display_formatter=DisplayFormatter())
     enable_notebook_figures(shell)
     inline_calls = []
@@ -94,30 +94,30 @@ def test_segmentations_carry_one_legend_per_row_of_the_classes_it_shows():
     predicted_first = first.copy()
     predicted_first[:2, :2] = 2                        # a prediction shows car, which the truth lacks
     maps = {"frozen": [first, second], "MAFT": [predicted_first, second]}
-    fig = viz.plot_segmentations([_sample(first), _sample(second)], maps, CLASSES, unseen=UNSEEN)
+    fig = figures.plot_segmentations([_sample(first), _sample(second)], maps, CLASSES, unseen=UNSEEN)
     legends = [_legend_texts(ax) for ax in fig.axes if ax.get_legend() is not None]
     # ground truth's classes first by pixel share, then what only a prediction shows; unseen marked
     assert legends == [["sky", "road", "car (unseen)"], ["tree"]]
-    without_split = viz.plot_segmentations([_sample(first)], {"frozen": [predicted_first]}, CLASSES)
+    without_split = figures.plot_segmentations([_sample(first)], {"frozen": [predicted_first]}, CLASSES)
     assert [_legend_texts(ax) for ax in without_split.axes if ax.get_legend()] == [["sky", "road", "car"]]
 
 
 def test_a_long_legend_says_how_many_classes_it_left_out():
     label = np.arange(16, dtype=np.int64).reshape(4, 4)
     names = [f"c{i}" for i in range(16)]
-    fig = viz.plot_segmentations([_sample(label)], {}, names, max_legend=5)
+    fig = figures.plot_segmentations([_sample(label)], {}, names, max_legend=5)
     texts = next(_legend_texts(ax) for ax in fig.axes if ax.get_legend())
     assert len(texts) == 6 and texts[-1] == "... 11 more"
 
 
 def test_overlay_figure_and_sample_grid_mark_unseen_classes():
     label = np.array([[0, 0, 2, 2], [0, 0, 2, 2]])
-    fig = viz.overlay_figure(torch.full((3, 2, 4), 50, dtype=torch.uint8), label, CLASSES, unseen=UNSEEN)
+    fig = figures.overlay_figure(torch.full((3, 2, 4), 50, dtype=torch.uint8), label, CLASSES, unseen=UNSEEN)
     assert _legend_texts(fig.axes[0]) == ["sky (50.0%)", "car (unseen) (50.0%)"]
-    grid = viz.sample_grid([_sample(np.ones((6, 6), dtype=np.int64)), _sample(np.full((6, 6), 2))], CLASSES,
+    grid = figures.sample_grid([_sample(np.ones((6, 6), dtype=np.int64)), _sample(np.full((6, 6), 2))], CLASSES,
                            columns=2, unseen=UNSEEN)
     assert [_legend_texts(ax) for ax in grid.axes if ax.get_legend()] == [["road", "car (unseen)"]]
-    assert viz.figure_to_array(grid).ndim == 3
+    assert figures.figure_to_array(grid).ndim == 3
 
 
 def test_the_explorer_figure_marks_the_true_class_green_and_unseen_names():
@@ -125,7 +125,7 @@ def test_the_explorer_figure_marks_the_true_class_green_and_unseen_names():
     mask = torch.zeros(10, 10)
     mask[2:6, 2:6] = 1
     scores = {"frozen": torch.tensor([0.1, 0.2, 0.6, 0.1]), "MAFT": torch.tensor([0.7, 0.1, 0.1, 0.1])}
-    fig = viz.plot_proposal_scores(image, mask, scores, CLASSES, k=2, true_class=2, unseen=UNSEEN, title="t")
+    fig = figures.plot_proposal_scores(image, mask, scores, CLASSES, k=2, true_class=2, unseen=UNSEEN, title="t")
     assert len(fig.axes) == 3 and fig.axes[0].get_title() == "t"
     frozen, maft = fig.axes[1], fig.axes[2]
     assert [t.get_text() for t in frozen.get_yticklabels()] == ["car (unseen)", "road"]  # top first
@@ -139,6 +139,6 @@ def test_the_explorer_figure_says_where_a_true_class_outside_the_top_k_went():
     image = torch.full((3, 10, 10), 90, dtype=torch.uint8)
     mask = torch.ones(10, 10)
     scores = {"frozen": torch.tensor([0.5, 0.3, 0.15, 0.05])}
-    fig = viz.plot_proposal_scores(image, mask, scores, CLASSES, k=2, true_class=2, unseen=UNSEEN)
+    fig = figures.plot_proposal_scores(image, mask, scores, CLASSES, k=2, true_class=2, unseen=UNSEEN)
     assert fig.axes[1].get_xlabel() == "true class car (unseen): 0.15, rank 3"
-    assert viz.plot_proposal_scores(image, mask, scores, CLASSES, k=3, true_class=2).axes[1].get_xlabel() == ""
+    assert figures.plot_proposal_scores(image, mask, scores, CLASSES, k=3, true_class=2).axes[1].get_xlabel() == ""

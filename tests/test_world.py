@@ -118,7 +118,7 @@ def test_captions_name_exactly_the_present_classes(spec):
 
 
 def test_dataset_contract_and_train_view(spec):
-    from maft.datasets import build_dataset
+    from maft.data.datasets import build_dataset
 
     evaluation = build_dataset("world", "train", mode="eval", max_images=12)
     training = build_dataset("world", "train", mode="train", max_images=12)

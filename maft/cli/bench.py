@@ -1,4 +1,4 @@
-"""``maft bench``: FLOPs and latency of the plain tower, IP-CLIP and crop-and-classify (:mod:`maft.bench`)."""
+"""``maft bench``: FLOPs and latency of the plain tower, IP-CLIP and crop-and-classify (:mod:`maft.studies.bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from maft import paths
-from maft.bench import (DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec,
+from ..utils import paths
+from ..studies.bench import (DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec,
                         write_results)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from maft import prepare
-from maft.datasets import DATASETS
-from maft.prepare import ADE847_MAX_SIZE, check_report, list_report, prepare_dataset
+from ..data import prepare
+from ..data.datasets import DATASETS
+from ..data.prepare import ADE847_MAX_SIZE, check_report, list_report, prepare_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     check = actions.add_parser("check", help="print per-class image counts of a prepared dataset")
     check.add_argument("dataset", help=f"one of {', '.join(DATASETS)}, or your own: a folder with images/, masks/ "
-                       "and classes.yaml, or a class-spec YAML (see maft.user_data)")
+                       "and classes.yaml, or a class-spec YAML (see maft.data.user_folder)")
     check.add_argument("--root", help="data root (default: MAFT_DATA, then data/, then ../shared/data)")
     check.add_argument("--split", help="one split (default: every split found)")
     check.add_argument("--mode", choices=("eval", "train"), default="eval",

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maft import download, download_data
-from maft.clip import resolve_pretrained
-from maft.datasets import DATASETS
+from ..downloads import verified, dataset_recipes
+from ..clip import resolve_pretrained
+from ..data.datasets import DATASETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,14 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.list:
-        print(download_data.list_report(dst=args.list_dst, weights=args.weights))
+        print(dataset_recipes.list_report(dst=args.list_dst, weights=args.weights))
     elif args.what == "sam":
-        print(download.sam_checkpoint(args.model_type, args.dst, progress=progress))
+        print(verified.sam_checkpoint(args.model_type, args.dst, progress=progress))
     elif args.what == "clip":
         path, _ = resolve_pretrained(args.model.replace("/", "-"), args.tag, cache_dir=args.cache_dir)
         print(path)
     elif args.what == "data":
-        folder = download_data.download_dataset(
+        folder = dataset_recipes.download_dataset(
             args.dataset, dst=args.dst, downloads=args.downloads, splits=args.splits,
             max_images=args.max_images, overwrite=args.overwrite, keep_unpacked=args.keep_unpacked,
             progress=progress)

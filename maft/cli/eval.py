@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from maft.config import load
-from maft.evaluate import evaluate_config, format_summary
+from ..config import load
+from ..evaluate import evaluate_config, format_summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load(args.config, args.overrides)
-    config.setdefault("name", Path(args.config).stem)
+    if config.name is None:
+        config.name = Path(args.config).stem
     result = evaluate_config(config, checkpoint=args.checkpoint, out=args.out, overwrite=args.overwrite,
                              device=args.device, progress=not args.no_progress)
     print(format_summary(result))

@@ -1,7 +1,7 @@
-"""``maft notebooks``: run the numbered notebook series for a profile (:mod:`maft.series`)."""
+"""``maft notebooks``: run the numbered notebook series for a profile (:mod:`maft.notebook.series`)."""
 from __future__ import annotations
 
-from maft.series import NotebookFailed, run_series
+from ..notebook.series import NotebookFailed, run_series
 
 
 def add_arguments(parser) -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from maft.predict import check_outputs, load_image, predict, predict_config, write_outputs
-from maft.viz import legend_entries
+from ..predict import load_image, predict, predict_config
+from ..viz.prediction import check_outputs, write_outputs
+from ..viz.figures import legend_entries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

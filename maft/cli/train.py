@@ -1,9 +1,9 @@
 """``maft train``: mask-aware fine-tuning from a YAML config, or resuming a checkpoint (:mod:`maft.train`)."""
 from __future__ import annotations
 
-from maft.checkpoints import load_checkpoint
-from maft.config import apply_overrides, load, resolve_config_path
-from maft.train import finetune
+from ..checkpoints import load_checkpoint
+from ..config import load, resolve_config_path
+from ..train import finetune
 
 
 def add_arguments(parser) -> None:
@@ -21,9 +21,10 @@ def run(args) -> int:
         raise ValueError("give --config <yaml|name> (or --resume <checkpoint>)")
     if args.config is not None:
         config = load(args.config, args.overrides)
-        config.setdefault("name", resolve_config_path(args.config).stem)
+        if config.name is None:
+            config.name = resolve_config_path(args.config).stem
     else:
-        config = apply_overrides(load_checkpoint(args.resume)["config"], args.overrides)
+        config = load(load_checkpoint(args.resume)["config"], args.overrides)
     summary = finetune(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if summary["rank"] == 0:
         final = summary["final"]

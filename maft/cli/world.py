@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from maft import paths, story
-from maft.story import format_story
-from maft.world import pretrain
-from maft.world.draw import save_scene_grid
+from ..utils import paths
+from ..world import story
+from ..world.story import format_story
+from ..world import pretrain
+from ..world.draw import save_scene_grid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

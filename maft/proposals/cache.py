@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..paths import atomic_write
-from ..progress import progress_bar
+from ..utils.paths import atomic_write
+from ..utils.progress import progress_bar
 from .files import load_proposals, save_proposals
 from .types import Proposals
 

@@ -29,7 +29,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from ..masks import mask_on
-from ..progress import progress_bar
+from ..utils.progress import progress_bar
 from .types import Proposals
 
 FILE_SUFFIXES = (".npz", ".json")

@@ -15,9 +15,36 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..evaluate import add_image, confusion_metrics, new_confusion, present_classes, upper_bound_map
-from ..progress import progress_bar
+from ..inference import semantic_map
+from ..losses import soft_iou
+from ..masks import resize_masks
+from ..metrics import add_image, confusion_metrics, new_confusion, present_classes
+from ..utils.progress import progress_bar
 from .types import proposal_iou
+
+
+def region_ious(masks: torch.Tensor, label: torch.Tensor, classes: torch.Tensor,
+                ignore_index: int = 255) -> torch.Tensor:
+    """[K, N] soft IoU of the N proposals with the binary map of each class in ``classes`` (K ids).
+
+    The target of class k is ``label == k``, so ignored pixels count as "not class k" (as in the
+    mask-aware loss; see :mod:`maft.losses`): in the VOC protocol the background is ignored, and a
+    proposal that swallows background must score a low IoU.
+    """
+    label = label.to(masks.device)
+    masks = resize_masks(masks.float(), label.shape)
+    targets = label[None] == classes.to(label.device)[:, None, None]
+    return soft_iou(masks, targets)
+
+
+def upper_bound_map(masks: torch.Tensor, label: torch.Tensor, num_classes: int,
+                    ignore_index: int = 255) -> torch.Tensor:
+    """Paper Table 7: the semantic map with A^c replaced by S_IoU [N, C] (0 for classes not in the image)."""
+    classes = present_classes(label, ignore_index)
+    scores = torch.zeros(masks.shape[0], num_classes, device=masks.device)
+    if masks.shape[0] and len(classes):
+        scores[:, classes.to(masks.device)] = region_ious(masks, label, classes, ignore_index).T
+    return semantic_map(scores, masks, size=tuple(label.shape))
 
 
 def best_ious(masks: torch.Tensor, label: torch.Tensor, ignore_index: int = 255) -> dict[int, float]:

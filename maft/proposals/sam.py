@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..download import sam_checkpoint
+from ..downloads.verified import sam_checkpoint
 from .types import Proposals, image_hwc
 
 SAM_CHECKPOINTS = {
@@ -86,7 +86,7 @@ def load_sam(model_type: str = "vit_h", checkpoint: str | os.PathLike | None = N
 
     The official checkpoints are sam_vit_h_4b8939.pth, sam_vit_l_0b3195.pth and sam_vit_b_01ec64.pth
     (github.com/facebookresearch/segment-anything); ``checkpoint=None`` takes the official one of
-    ``model_type`` from the weights folder, downloading it when missing (``maft.download.sam_checkpoint``).
+    ``model_type`` from the weights folder, downloading it when missing (``maft.downloads.verified.sam_checkpoint``).
     Weights are loaded on the CPU first, so a checkpoint saved from a GPU loads on a machine without one.
     """
     if model_type not in SAM_ARCHS:

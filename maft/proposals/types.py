@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from maft.masks import mask_on
+from ..masks import mask_on
 
 IGNORE_INDEX = 255
 

@@ -11,9 +11,9 @@ carries an image-level ``caption`` that names every class in it, unseen ones inc
 the world's tiny CLIP is pretrained on.
 
 Layout: :mod:`.spec` (the parsed specification), :mod:`.draw` (textures, shapes, scenes, captions),
-:mod:`.dataset` (:class:`WorldDataset`, the SegDataset contract of ``maft.datasets``) and
+:mod:`.dataset` (:class:`WorldDataset`, the SegDataset contract of ``maft.data.datasets``) and
 :mod:`.pretrain` (the world CLIP: contrastive pretraining and the zero-shot probe; imported on its own,
-as it needs open_clip). The MAFT story on top of it is ``maft.study.run_story``; the command line is
+as it needs open_clip). The MAFT story on top of it is :func:`maft.world.story.run_story`; the command line is
 ``maft world pretrain|zero-shot|story|show``.
 """
 from .dataset import WorldDataset

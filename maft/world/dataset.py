@@ -10,7 +10,7 @@ from .spec import IGNORE_INDEX, load_world_spec
 
 
 class WorldDataset(torch.utils.data.Dataset):
-    """The world as a segmentation dataset (the SegDataset contract of ``maft.datasets``).
+    """The world as a segmentation dataset (the SegDataset contract of ``maft.data.datasets``).
 
     Samples are generated on the fly (about a millisecond each): ``image`` uint8 [3,H,W], ``label``
     int64 [H,W], ``id``, ``image_path``/``label_path`` (virtual ``world:<split>/<index>`` names: no

@@ -12,7 +12,7 @@ the zero-shot-unseen ones included.
 (``maft/assets/world_clip/``, rebuilt bit for bit by ``maft world pretrain --out
 maft/assets/world_clip/maft-world-vit12.pt --force``) when its recorded identity matches the current
 world, model config and settings, else one pretrained on first use and cached under
-``maft.paths.cache_dir("world")``. The identity (:func:`checkpoint_identity`) holds the world
+``maft.utils.paths.cache_dir("world")``. The identity (:func:`checkpoint_identity`) holds the world
 specification's fingerprint, a hash of the first pretraining scenes and captions (a change to the
 drawing code shows, moving that code between modules does not), the model config and the pretraining
 settings. Weights are stored in float16 (the kept file must stay under 10 MB; the 49408-token
@@ -35,9 +35,9 @@ from pathlib import Path
 import open_clip
 import torch
 
-from .. import paths
+from ..utils import paths
 from ..clip import MODEL_CONFIG_DIR, clip_normalisation, load_clip, preprocess_images, tower_input_size
-from ..progress import progress_bar
+from ..utils.progress import progress_bar
 from ..text import text_classifier
 from .dataset import WorldDataset
 from .spec import load_world_spec

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import check_class_names
-from ..paths import ASSETS_DIR, read_yaml
+from ..data.class_specs import check_class_names
+from ..utils.paths import ASSETS_DIR, read_yaml
 
 IGNORE_INDEX = 255
 WORLD_SPEC_PATH = ASSETS_DIR / "world.yaml"

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maft.clip import set_image_size, tower_input_size
-from maft.ipclip import ProposalEmbeddings, check_images, check_masks
-from maft.masks import MASK_THRESHOLD, binarize_masks
+from .clip import set_image_size, tower_input_size
+from .ipclip import ProposalEmbeddings, check_images, check_masks
+from .masks import MASK_THRESHOLD, binarize_masks
 
 MERGE_MODES = ("mask", "crop", "mask_and_crop")
 

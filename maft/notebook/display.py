@@ -1,9 +1,9 @@
 """Showing maft's figures wherever a notebook reader looks: live JupyterLab, papermill-executed
 notebooks and their HTML exports.
 
-``maft.viz`` builds ``matplotlib.figure.Figure`` objects without pyplot, so IPython's inline backend
+``maft.viz.figures`` builds ``matplotlib.figure.Figure`` objects without pyplot, so IPython's inline backend
 never activates and a figure displays as its text repr (``<Figure size 1100x420 with 2 Axes>``).
-Importing ``maft.viz`` inside an IPython shell therefore calls :func:`enable_notebook_figures`, which
+The notebooks' one setup call (:func:`maft.notebook.setup`) therefore calls :func:`enable_notebook_figures`, which
 registers a PNG representation for ``Figure`` with the shell's display formatter. The PNG lands in the
 cell's output (as ``image/png``), so executed notebooks and nbconvert's HTML carry the picture too; a
 figure saved with ``nb.save`` also carries its file name (``metadata["image/png"]["maft_figure"]``).
@@ -28,7 +28,7 @@ def figure_png(fig, dpi: float | None = None) -> bytes:
     return buffer.getvalue()
 
 
-# Attribute :meth:`maft.notebook.Notebook.save` sets on a figure it wrote: the file's name travels with
+# Attribute :meth:`maft.notebook.session.Notebook.save` sets on a figure it wrote: the file's name travels with
 # the displayed PNG as output metadata, so a reader's tools (and our tests) can tell which saved figure
 # an output shows without guessing from timestamps.
 FIGURE_NAME_ATTR = "_maft_figure_file"

@@ -27,10 +27,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from maft.classes import ClassSpec, available_datasets, load_class_spec, spec_from_dict
+from .class_specs import ClassSpec, available_datasets, load_class_spec, spec_from_dict
 
 CLASS_FILE = "classes.yaml"
 CLASS_FILE_KEYS = ("name", "title", "classes", "mask_values", "unseen", "ignore_value", "split")
@@ -49,7 +48,7 @@ def resolve_spec(dataset: str | os.PathLike) -> ClassSpec:
         class_file = path / CLASS_FILE
         if not class_file.is_file():
             raise FileNotFoundError(f"dataset folder {path} has no class file {class_file}; write one, e.g. "
-                                    f"'{_EXAMPLE}' (see maft.user_data)")
+                                    f"'{_EXAMPLE}' (see maft.data.user_folder)")
         return class_file_spec(class_file)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
@@ -119,7 +118,7 @@ def class_file_spec(class_file: str | os.PathLike) -> ClassSpec:
         "classes": classes,
         "unseen": unseen,
         "label_map": {"raw_ids": values, "ignore": ignore, "unlisted": "error"},
-        # an absolute folder is used as is (maft.datasets.locate_dataset), whatever the data roots
+        # an absolute folder is used as is (maft.data.datasets.locate_dataset), whatever the data roots
         "folders": [{"name": str(folder), "labels": "raw", "flat_split": split}],
     }
     return spec_from_dict(spec, source=str(class_file))  # checks names, duplicates, unseen-in-classes

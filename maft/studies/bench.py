@@ -4,7 +4,7 @@ For one CLIP vision tower at one input resolution it measures, on the device it 
 
 * ``plain``: the tower's own forward on one image at ``resolution`` (no proposals);
 * ``ip_clip``: :class:`maft.ipclip.IPCLIP` with N proposals on the same image, one pass;
-* ``crop``: :class:`maft.baseline.FrozenCLIP` (mask & crop) with the same N proposals: N sub-images at the
+* ``crop``: :class:`maft.crop_classifier.FrozenCLIP` (mask & crop) with the same N proposals: N sub-images at the
   tower's pretraining size (224 for ViT-B/16), encoded in chunks of ``crop_batch_size``.
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` on one real forward (2 FLOPs per
@@ -40,11 +40,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from maft.baseline import FrozenCLIP
-from maft.clip import tower_input_size
-from maft.experiment import build_clip, build_ipclip
-from maft.progress import progress_bar
-from maft.report import markdown_table
+from ..crop_classifier import FrozenCLIP
+from ..clip import tower_input_size
+from ..experiment import build_clip, build_ipclip
+from ..utils.progress import progress_bar
+from ..notebook.report import markdown_table
 
 DEFAULT_MODELS = ("ViT-B-16:480", "maft-test-vit")
 QUICK_MODELS = ("maft-test-vit",)

@@ -6,7 +6,7 @@ For every experiment config the profile runs (its ``config``, its ``transfer_con
 
 - the dataset: when no prepared copy is found (``data.root``, ``$MAFT_DATA``, ``data/``,
   ``../shared/data``), its official archives are downloaded, verified and prepared into ``data.root``
-  (default ``data/``) by :func:`maft.download_data.download_dataset`;
+  (default ``data/``) by :func:`maft.downloads.dataset_recipes.download_dataset`;
 - Segment Anything's proposals of the evaluation images: the checkpoint is downloaded when missing and
   every image's proposals are computed once into the proposal cache (:mod:`maft.proposals.cache`), with
   progress; a re-run finds them there. Of the training images, only the ones fine-tuning's steps draw
@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import paths
-from .config import load
-from .download_data import download_dataset
-from .download_registry import load_registry
-from .experiment import build_dataset_split, build_generator, proposal_section
-from .proposals import CachedProposals
-from .train import drawn_images
+from ..utils import paths
+from ..config import load
+from ..downloads.dataset_recipes import download_dataset
+from ..downloads.registry import load_registry
+from ..experiment import build_dataset_split, build_generator, proposal_section
+from ..proposals import CachedProposals
+from ..train import drawn_images
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # maft/
 REPO_ROOT = PACKAGE_DIR.parent
 ASSETS_DIR = PACKAGE_DIR / "assets"
 

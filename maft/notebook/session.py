@@ -13,7 +13,7 @@ from typing import Iterable
 
 from matplotlib.figure import Figure
 
-from .config import load
+from ..config import load
 from .display import FIGURE_NAME_ATTR, enable_notebook_figures
 
 FIGURE_DPI = 110
@@ -33,7 +33,7 @@ class Notebook:
         path = self.figures / f"{name}.png"
         fig.savefig(path, dpi=FIGURE_DPI)
         setattr(fig, FIGURE_NAME_ATTR, path.name)
-        # pyplot's inline backend, imported after maft.viz, replaces the PNG display; wrap it again so
+        # pyplot's inline backend, imported after setup(), replaces the PNG display; wrap it again so
         # that the shown figure still names its file
         enable_notebook_figures()
         if path not in self.saved:
@@ -47,4 +47,5 @@ def setup(output_dir: str | Path, config: str | Path | dict | None = None,
     output_dir = Path(output_dir)
     figures = output_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
+    enable_notebook_figures()  # maft's figures show as PNG in this kernel (a no-op outside IPython)
     return Notebook(output_dir, figures, load(config, list(overrides)) if config is not None else None)

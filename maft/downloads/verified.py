@@ -1,7 +1,7 @@
 """Downloads of known files (SAM checkpoints, dataset archives) and of CLIP weights, the ecosystem's way.
 
 The files and their recorded sizes and checksums are data: ``maft/assets/downloads.yaml``, read by
-:mod:`maft.download_registry`. Downloads go
+:mod:`maft.downloads.registry`. Downloads go
 through pooch (temporary file in the target folder, checksum check, atomic move into place, nothing left
 behind on a mismatch); this module adds only what pooch lacks:
 
@@ -18,7 +18,7 @@ behind on a mismatch); this module adds only what pooch lacks:
 
 CLIP weights: :func:`download_clip_weights` leaves tags on the Hugging Face hub to open_clip and the hub
 (their own download, cache and progress bar) and only makes open_clip's plain-URL route atomic. Dataset
-recipes (unpack, prepare) live in :mod:`maft.download_data`; the command line in :mod:`maft.cli.download`.
+recipes (unpack, prepare) live in :mod:`maft.downloads.dataset_recipes`; the command line in :mod:`maft.cli.download`.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ import requests
 import urllib3
 from filelock import FileLock
 
-from maft import paths
-from maft.download_registry import ARCHIVE_SUFFIXES, KnownFile, Registry, human_size, load_registry
-from maft.progress import progress_bar
+from ..utils import paths
+from .registry import ARCHIVE_SUFFIXES, KnownFile, Registry, human_size, load_registry
+from ..utils.progress import progress_bar
 
 VERIFIED_RECORD = ".maft-verified.json"
 DOWNLOAD_LOCK = ".maft-download.lock"

@@ -2,7 +2,8 @@
 top-k class scores before/after fine-tuning (the paper's Figs. 3 and 7).
 
 Figures are built on ``matplotlib.figure.Figure`` directly (no pyplot state), so they work headless
-(Agg) and inside notebooks alike, and are never left open behind the caller's back.
+(Agg) and inside notebooks alike, and are never left open behind the caller's back. Importing this module
+touches no IPython: a notebook's :func:`maft.notebook.setup` makes these figures display as PNG.
 """
 from __future__ import annotations
 
@@ -18,15 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .ipclip import class_token_attention_mask
-from .masks import binarize_masks, mask_on
-
-from .display import enable_notebook_figures
+from ..ipclip import class_token_attention_mask
+from ..masks import binarize_masks, mask_on
 
 NO_CLASS = 255
-
-# Inside a notebook kernel, the figures built here display as PNG images (see maft.display).
-enable_notebook_figures()
 
 
 # --------------------------------------------------------------------------------------------------

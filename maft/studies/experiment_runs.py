@@ -2,7 +2,7 @@
 evaluation rows, ensemble and transfer rows, per-class tables.
 
 Each function takes an :class:`maft.experiment.Experiment` (``build_experiment(config)``) and stays small,
-so the notebooks stay thin. The variants-over-seeds studies and the Fig. 1 count are :mod:`maft.study`.
+so the notebooks stay thin. The variants-over-seeds studies and the Fig. 1 count are :mod:`maft.studies.variants`.
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Sequence
 
 import torch
 
-from .config import apply_overrides, load
-from .evaluate import evaluate
-from .experiment import Experiment, build_experiment
-from .study import summary_row
-from .train import finetune
+from ..config import apply_overrides, load
+from ..evaluate import evaluate
+from ..experiment import Experiment, build_experiment
+from .variants import summary_row
+from ..train import finetune
 
 
 def evaluate_classifier(experiment: Experiment, classifier, max_images: int | None = None,

@@ -1,6 +1,6 @@
 """The study layer: variants x seeds, their summaries, and the paper's Fig. 1 "confused region" count.
 
-What the notebooks (05 ablations, 01 insensitivity) and ``maft world story`` (:mod:`maft.story`) build on:
+What the notebooks (05 ablations, 01 insensitivity) and ``maft world story`` (:mod:`maft.world.story`) build on:
 
 - :func:`run_variants`: for each seed, the frozen model(s) evaluated and each variant (config overrides)
   fine-tuned and evaluated, through :func:`maft.train.finetune` and :func:`maft.evaluate.evaluate_config`;
@@ -10,7 +10,7 @@ What the notebooks (05 ablations, 01 insensitivity) and ``maft world story`` (:m
   scores at least as high as the whole object.
 
 The MAFT story in the offline world (the paper's Table 4 on label-free proposals) builds on these in
-:mod:`maft.story`.
+:mod:`maft.world.story`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .config import apply_overrides
-from .evaluate import evaluate_config, region_ious
-from .experiment import Experiment
-from .train import finetune
+from ..config import apply_overrides
+from ..evaluate import evaluate_config
+from ..proposals.quality import region_ious
+from ..experiment import Experiment
+from ..train import finetune
 
 STUDY_KEYS = ("miou_seen", "miou_unseen", "hiou", "miou", "mask_awareness")
 

@@ -19,10 +19,10 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from .fetch import describe_steps, fetch_profile
-from .htmlexport import notebook_to_html, report_to_html
-from .paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
-from .progress import progress_bar
+from .prerequisites import describe_steps, fetch_profile
+from .html_export import notebook_to_html, report_to_html
+from ..utils.paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
+from ..utils.progress import progress_bar
 from .report import build_report
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -92,9 +92,10 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     parameters["interactive"] = False  # headless: widget cells draw their static fallback
     runs = []
     notebooks = list_notebooks(only, Path(notebook_dir))
-    declared = {notebook: declared_parameters(notebook) for notebook in notebooks}
+    # a profile key is checked against the whole series, so a typo is caught with --only too
+    declared = {notebook: declared_parameters(notebook) for notebook in list_notebooks(None, Path(notebook_dir))}
     unused = sorted(set(parameters) - set().union(*declared.values()) - {"profile", "interactive"})
-    if unused and not only:
+    if unused:
         raise ValueError(f"profile {profile!r} sets {unused}, which no notebook declares in its parameters "
                          f"cell (a typo?)")
     # datasets and SAM proposals first: a missing file fails now, not in notebook 03 an hour in

@@ -30,19 +30,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import paths
-from .bench import count_flops
-from .clip import clip_normalisation, preprocess_images
-from .config import apply_overrides, load
-from .evaluate import evaluate_config
-from .experiment import Experiment, build_experiment, build_ipclip, proposal_section
-from .inference import classify_proposals
-from .paper_results import paper_value
-from .report import markdown_table
-from .study import confused_regions, mean_and_std, score_iou_points
-from .train import finetune
-from .world import load_world_spec
-from .world.pretrain import ensure_world_clip, zero_shot_accuracy
+from ..utils import paths
+from ..studies.bench import count_flops
+from ..clip import clip_normalisation, preprocess_images
+from ..config import apply_overrides, load
+from ..evaluate import evaluate_config
+from ..experiment import Experiment, build_experiment, build_ipclip, proposal_section
+from ..inference import classify_proposals
+from ..studies.paper_results import paper_value
+from ..notebook.report import markdown_table
+from ..studies.variants import confused_regions, mean_and_std, score_iou_points
+from ..train import finetune
+from . import load_world_spec
+from .pretrain import ensure_world_clip, zero_shot_accuracy
 
 EVALUATED = {"crop": ["eval.classifier=frozen"], "frozen": []}        # Table 4a rows without training
 FINETUNED = {"ma_only": ["train.distill_weight=0"], "maft": []}        # Table 4a rows fine-tuned
@@ -284,7 +284,7 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
         "clip": {"checkpoint": str(checkpoint), "pretrain": {k: v for k, v in pretrain_log.items() if k != "losses"},
                  "final_loss": pretrain_log["losses"][-1], "zero_shot": zero_shot},
         "settings": {"seeds": seeds, "quick": quick, "start_layers": list(start_layers),
-                     "frozen_start_layers": list(frozen_layers), "iteration_points": points, "config": base},
+                     "frozen_start_layers": list(frozen_layers), "iteration_points": points, "config": base.to_dict()},
         "per_seed": per_seed,
         "mean": summary["mean"],
         "std": summary["std"],

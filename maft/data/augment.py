@@ -38,7 +38,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .masks import resize_masks
+from ..masks import resize_masks
 
 # detectron2's MIN_SIZE_TRAIN of the authors' config: 320..960 in steps of 64
 AUTHORS_AUGMENTATION: dict[str, Any] = {

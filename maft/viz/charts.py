@@ -1,8 +1,8 @@
 """Charts of numbers (seaborn): cost against proposals, loss curves, score against IoU, metric bars with
 error bars, and the story's Table 4 (a, c, e) with the paper's values printed beside ours.
 
-Like :mod:`maft.viz`, every chart is a ``matplotlib.figure.Figure`` built without pyplot (shown as a
-PNG in notebooks through :mod:`maft.display`, which importing :mod:`maft.viz` enables).
+Like :mod:`maft.viz.figures`, every chart is a ``matplotlib.figure.Figure`` built without pyplot (shown as a
+PNG in notebooks through :mod:`maft.notebook.display`, which :func:`maft.notebook.setup` enables).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Sequence
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from . import viz  # noqa: F401  (registers the notebook PNG display of figures)
 
 def plot_benchmark(rows: Sequence[dict]) -> Figure:
     """GFLOPs against the number of proposals, per method and model, log scale."""

@@ -1,6 +1,6 @@
 """The registry of known downloads (``maft/assets/downloads.yaml``): files with their official URL, recorded
 size and checksum, and the dataset recipes that combine them. Loading validates every entry and names the
-file and entry that is wrong; :mod:`maft.download` does the downloading."""
+file and entry that is wrong; :mod:`maft.downloads.verified` does the downloading."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from maft import paths
+from ..utils import paths
 
 REGISTRY_FILE = paths.ASSETS_DIR / "downloads.yaml"
 HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64}

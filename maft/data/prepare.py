@@ -3,7 +3,7 @@
 ``maft data prepare <dataset> --src <official download> --dst <root>`` writes
 ``<root>/<folder>/images/<split>/<id>.jpg`` and ``<root>/<folder>/masks/<split>/<id>.png``, where
 ``<folder>`` is the first folder of the dataset's class spec. Masks keep the official raw label values
-(8-bit, or 16-bit PNG where ids pass 255); :mod:`maft.classes` maps them to contiguous ids when loading,
+(8-bit, or 16-bit PNG where ids pass 255); :mod:`maft.data.class_specs` maps them to contiguous ids when loading,
 so the label mapping lives in one place. What each converter expects under ``--src``:
 
 =============  ==============================================================================================
@@ -36,12 +36,12 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from maft.classes import ClassSpec, load_class_spec
-from maft.datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label,
+from .class_specs import ClassSpec, load_class_spec
+from .datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label,
                            rgb_array, size_mismatches)
-from maft.paths import check_output_path, data_roots
-from maft.progress import progress_bar
-from maft.user_data import resolve_spec
+from ..utils.paths import check_output_path, data_roots
+from ..utils.progress import progress_bar
+from .user_folder import resolve_spec
 
 ADE847_MAX_SIZE = 512
 
@@ -386,10 +386,10 @@ CONVERTERS: dict[str, Callable[[Path], Iterator[Pair]]] = {
 
 
 def scan_dataset(dataset, progress: bool = True) -> tuple[list[np.ndarray], list[str]]:
-    """One pass over the masks of a :class:`maft.datasets.SegDataset`: the class ids present in each
-    image (as :func:`maft.datasets.classes_per_image`) and every problem found, so a check can list
+    """One pass over the masks of a :class:`maft.data.datasets.SegDataset`: the class ids present in each
+    image (as :func:`maft.data.datasets.classes_per_image`) and every problem found, so a check can list
     all bad files at once: unreadable masks and values outside the class list (sizes are compared
-    before, from the headers, by :func:`maft.datasets.size_mismatches`)."""
+    before, from the headers, by :func:`maft.data.datasets.size_mismatches`)."""
     present, problems = [], []
     for item in progress_bar(dataset.items, desc=f"checking {dataset.name}/{dataset.split}", disable=not progress,
                      leave=False):

@@ -43,6 +43,8 @@ def write_metrics(output_dir: str | Path, key: str, metrics: dict[str, Any]) -> 
 def _json_default(value: Any):
     if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
         return value.tolist()
+    if hasattr(value, "to_dict"):  # a typed config (maft.config)
+        return value.to_dict()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 

@@ -1,6 +1,6 @@
 """Semantic segmentation datasets: image + label pairs with contiguous class ids.
 
-Layouts read (under a dataset folder found by :func:`maft.paths.dataset_dir`):
+Layouts read (under a dataset folder found by :func:`maft.utils.paths.dataset_dir`):
 
 - canonical, written by ``maft data prepare``: ``images/<split>/<id>.jpg`` + ``masks/<split>/<id>.png``
   (the layout of the shared ``voc2012`` sample);
@@ -9,7 +9,7 @@ Layouts read (under a dataset folder found by :func:`maft.paths.dataset_dir`):
   images -> ``val``); asking it for another split is an error, never a silent substitute.
 
 A folder is canonical when ``images/`` has sub-folders, flat otherwise. Labels are mapped to contiguous
-ids with the dataset's :class:`maft.classes.ClassSpec` (raw official values or already contiguous, per
+ids with the dataset's :class:`maft.data.class_specs.ClassSpec` (raw official values or already contiguous, per
 folder). ``mode="train"`` is the training view of the ``protocol``:
 
 - ``"zero_shot"`` (the default; ZegFormer / ZSSeg / MAFT Tables 1, 2 and 4): the class spec's unseen
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maft.classes import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
-from maft.paths import dataset_dir
-from maft.user_data import resolve_spec
-from maft.progress import progress_bar
-from maft.world import WorldDataset
+from .class_specs import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
+from ..utils.paths import dataset_dir
+from .user_folder import resolve_spec
+from ..utils.progress import progress_bar
+from ..world import WorldDataset
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
 MODES = ("eval", "train")
@@ -121,7 +121,7 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
 
     ``"world"`` is the generated offline world of :mod:`maft.world` (same sample contract, no files;
     zero-shot protocol only). ``name`` may also be your own dataset: a folder with ``images/``,
-    ``masks/`` and ``classes.yaml``, that class file, or a class-spec YAML path (see :mod:`maft.user_data`).
+    ``masks/`` and ``classes.yaml``, that class file, or a class-spec YAML path (see :mod:`maft.data.user_folder`).
     """
     check_protocol(protocol)
     if name == "world":
@@ -134,11 +134,11 @@ def build_dataset(name: str, split: str, root: str | os.PathLike | None = None, 
 
 
 def locate_dataset(spec: ClassSpec, root: str | os.PathLike | None = None) -> tuple[Path, FolderSpec]:
-    """The dataset folder (root resolution of :func:`maft.paths.dataset_dir`) and its folder spec."""
+    """The dataset folder (root resolution of :func:`maft.utils.paths.dataset_dir`) and its folder spec."""
     if not spec.folders:
         raise ValueError(f"class spec {spec.name!r} ({spec.source}) lists no folders to search")
     fixed = Path(spec.folders[0].name)
-    if fixed.is_absolute():  # a user's dataset folder (maft.user_data): used as is, whatever the data roots
+    if fixed.is_absolute():  # a user's dataset folder (maft.data.user_folder): used as is, whatever the data roots
         if not fixed.is_dir():
             raise FileNotFoundError(f"dataset folder {fixed} (from {spec.source}) does not exist")
         return fixed, spec.folders[0]

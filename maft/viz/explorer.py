@@ -12,10 +12,10 @@ import ipywidgets as widgets
 import torch
 from IPython.display import display
 
-from .clip import clip_normalisation
-from .experiment import Experiment
-from .inference import classify_proposals
-from .viz import class_label, plot_proposal_scores
+from ..clip import clip_normalisation
+from ..experiment import Experiment
+from ..inference import classify_proposals
+from .figures import class_label, plot_proposal_scores
 
 
 class ProposalExplorer:

@@ -46,6 +46,8 @@ from open_clip.model import CustomTextCLIP, convert_to_custom_text_state_dict
 from open_clip.transformer import QuickGELU
 from torch import nn
 
+from .config import ExperimentConfig, load
+
 __all__ = ["AuthorsCheckpoint", "read_checkpoint", "is_authors_checkpoint", "load_into_clip",
            "apply_finetuned", "resize_pos_embed_like_authors", "config_for_checkpoint"]
 
@@ -357,19 +359,18 @@ def _check_base(visual: nn.Module, state: dict, checkpoint: AuthorsCheckpoint) -
                 f"the checkpoint) or with the weights it started from (pretrained='openai').")
 
 
-def config_for_checkpoint(config: dict, checkpoint) -> dict:
+def config_for_checkpoint(config, checkpoint) -> ExperimentConfig:
     """``config`` with ``model.pretrained`` set to ``checkpoint`` when that is an authors' file.
 
     Their file holds the whole CLIP (text tower included), so eval/predict load both towers from it and
     need no separate OpenAI download; any other checkpoint leaves the config as it is.
     """
+    config = load(config)
     if checkpoint is None or isinstance(checkpoint, Mapping) or not is_authors_checkpoint(checkpoint):
         return config
     config = copy.deepcopy(config)
-    model = dict(config.get("model") or {})
-    if model.get("pretrained") != os.fspath(checkpoint):
+    if config.model.pretrained != os.fspath(checkpoint):
         log.warning("%s is an authors' MAFT checkpoint: CLIP (both towers) is loaded from it instead of "
-                    "model.pretrained=%r", checkpoint, model.get("pretrained", "openai"))
-    model["pretrained"] = os.fspath(checkpoint)
-    config["model"] = model
+                    "model.pretrained=%r", checkpoint, config.model.pretrained)
+    config.model["pretrained"] = os.fspath(checkpoint)
     return config

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from maft.paths import ASSETS_DIR, read_yaml
+from ..utils.paths import ASSETS_DIR, read_yaml
 
 SPEC_DIR = ASSETS_DIR / "datasets"
 PROTOCOLS = ("zero_shot", "open_vocabulary")

@@ -1,10 +1,10 @@
 """Dataset downloads: fetch a benchmark's official archives, verify, unpack, then run ``maft data prepare``.
 
 ``download_dataset("voc20", dst="data")`` fetches the archives listed for the benchmark in
-``maft/assets/downloads.yaml`` into ``<dst>/downloads/`` (verified, resumable, see :mod:`maft.download`),
+``maft/assets/downloads.yaml`` into ``<dst>/downloads/`` (verified, resumable, see :mod:`maft.downloads.verified`),
 unpacks them into ``<dst>/downloads/<recipe>.unpacked/`` (through a ``.partial`` folder renamed when
 complete, so an interrupted unpack is never mistaken for a finished one), runs the recipe's extra step if
-any, and hands the folder to :func:`maft.prepare.prepare_dataset`, which writes ``<dst>/<folder>/``. The
+any, and hands the folder to :func:`maft.data.prepare.prepare_dataset`, which writes ``<dst>/<folder>/``. The
 unpacked copy is removed afterwards (``keep_unpacked=True`` keeps it); the verified archives stay, so a
 later run needs no network.
 
@@ -26,13 +26,13 @@ import open_clip
 import scipy.io
 from PIL import Image
 
-from maft.progress import progress_bar
-from maft.classes import load_class_spec
-from maft.clip import cached_tag_file  # the same cache lookup load_clip uses
-from maft.prepare import prepare_dataset
+from ..utils.progress import progress_bar
+from ..data.class_specs import load_class_spec
+from ..clip import cached_tag_file  # the same cache lookup load_clip uses
+from ..data.prepare import prepare_dataset
 
-from maft.download import MissingFileError, fetch, is_verified, missing_message, offline_mode, weights_dir
-from maft.download_registry import Recipe, Registry, load_registry
+from .verified import MissingFileError, fetch, is_verified, missing_message, offline_mode, weights_dir
+from .registry import Recipe, Registry, load_registry
 
 
 def download_dataset(benchmark: str, dst: str | os.PathLike = "data", downloads: str | os.PathLike | None = None,
