@@ -21,11 +21,9 @@ class (false negative) without a false positive for any class. All metrics are p
 from __future__ import annotations
 
 import copy
-import json
-import math
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -37,7 +35,7 @@ from .experiment import build_experiment, proposal_section
 from .inference import NO_PREDICTION, Segmenter
 from .metrics import add_image, confusion_metrics, new_confusion, present_classes
 from .proposals.quality import region_ious, upper_bound_map
-from .utils.paths import atomic_write, check_output_path, resolve_output_path
+from .utils.paths import check_output_path, json_ready, resolve_output_path, write_json
 from .utils.progress import progress_bar
 
 
@@ -196,35 +194,11 @@ def evaluate(classifier, generator, dataset, text: torch.Tensor, image_size: int
     return json_ready(metrics)
 
 
-def json_ready(value):
-    """NaN/inf -> None, tensors and numpy scalars -> Python numbers, recursively."""
-    if isinstance(value, Mapping):  # dicts and typed config sections
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return json_ready(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # --------------------------------------------------------------------------------------------------
 # Config-driven evaluation and the CLI
 # --------------------------------------------------------------------------------------------------
 def experiment_name(config: ExperimentConfig) -> str:
     return load(config).name or "experiment"
-
-
-def write_json(data: dict, path: Path, overwrite: bool = False) -> Path:
-    """Write ``data`` as JSON; an existing file is replaced only with ``overwrite=True``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
-    text = json.dumps(json_ready(data), indent=2) + "\n"
-    return atomic_write(path, lambda partial: partial.write_text(text))
 
 
 def metrics_path(config: ExperimentConfig, out: str | Path | None = None) -> Path:
@@ -265,7 +239,7 @@ def evaluate_config(config: ExperimentConfig | dict | str, checkpoint: str | Pat
         seconds=round(time.perf_counter() - start, 3),
         config=config.to_dict(),
     )
-    write_json(metrics, path, overwrite=overwrite)
+    write_json(metrics, path, overwrite=overwrite, what="eval.out")
     return {**metrics, "path": str(path)}
 
 

@@ -60,7 +60,7 @@ from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collat
                           seed_worker)
 from .experiment import build_experiment, build_ipclip
 from .losses import batch_denominators, iou_targets, maft_objective
-from .utils.paths import check_output_path, resolve_output_path
+from .utils.paths import check_output_path, resolve_output_path, write_json
 from .utils.progress import progress_bar
 from .proposals import CachedProposals
 from .trainable import norm_parameter_names, set_trainable
@@ -390,7 +390,7 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                    "step_time_s": float(np.mean(times)) if times else None, "world_size": ddp.world,
                    "rank": ddp.rank}
         if ddp.main:
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_json(summary, out_dir / "summary.json")
         own = dict(parts.visual.named_parameters())
         # In memory only (not in summary.json): this process's trained tensors, e.g. to compare ranks.
         summary["params"] = {name: own[name].detach().cpu().clone() for name in parts.trained}

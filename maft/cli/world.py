@@ -62,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
         log = json.loads(Path(f"{path}.json").read_text())
         result = {"pretrain": {k: v for k, v in log.items() if k != "losses"}, "final_loss": log["losses"][-1],
                   "zero_shot": pretrain.zero_shot_accuracy(path)}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=1))
+        paths.write_json(result, target, indent=1)
         print(f"world CLIP: {path} ({log['seconds']:.0f} s, {log['seconds_per_step']:.2f} s/step)")
         _print_zero_shot(result["zero_shot"])
         print(f"written to {target}")
@@ -72,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
                                          "--out")
         path = args.checkpoint or pretrain.ensure_world_clip()
         result = pretrain.zero_shot_accuracy(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=1))
+        paths.write_json(result, target, indent=1)
         _print_zero_shot(result)
     elif args.action == "story":
         if args.threads is not None:

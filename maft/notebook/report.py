@@ -6,10 +6,11 @@ must reproduce them byte for byte).
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from ..utils.paths import write_json
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
@@ -34,18 +35,7 @@ def _format_cell(value: Any, digits: int) -> str:
 
 def write_metrics(output_dir: str | Path, key: str, metrics: dict[str, Any]) -> Path:
     """``metrics/<key>.json`` with sorted keys, so identical numbers give identical files."""
-    path = Path(output_dir) / "metrics" / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=True, default=_json_default) + "\n")
-    return path
-
-
-def _json_default(value: Any):
-    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
-        return value.tolist()
-    if hasattr(value, "to_dict"):  # a typed config (maft.config)
-        return value.to_dict()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    return write_json(metrics, Path(output_dir) / "metrics" / f"{key}.json", sort_keys=True)
 
 
 def write_section(output_dir: str | Path, key: str, title: str, body: str,

@@ -27,7 +27,6 @@ and longer on a shared machine; about a minute on one H100; ``--quick`` takes a 
 """
 from __future__ import annotations
 
-import json
 import platform
 import re
 import statistics
@@ -43,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from ..crop_classifier import FrozenCLIP
 from ..clip import tower_input_size
 from ..experiment import build_clip, build_ipclip
+from ..utils.paths import write_json
 from ..utils.progress import progress_bar
 from ..notebook.report import markdown_table
 
@@ -329,8 +329,7 @@ def results_markdown(rows: Sequence[dict]) -> str:
 def write_results(rows: Sequence[dict], out_json: str | Path) -> Path:
     """Write ``rows`` as JSON and a Markdown table beside it (same stem, ``.md``); print the table."""
     out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(list(rows), indent=2) + "\n")
+    write_json(list(rows), out_json)
     markdown = results_markdown(rows)
     out_json.with_suffix(".md").write_text(markdown)
     print(markdown)

@@ -94,6 +94,13 @@ def mean_and_std(per_seed: dict, keys: Sequence[str] = STUDY_KEYS) -> dict:
     return {"mean": mean, "std": std}
 
 
+def format_mean_std(mean: float | None, std: float | None, digits: int = 1) -> str:
+    """The one way a mean over seeds is printed: "12.3 ± 0.4" ("n/a" without a mean)."""
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std or 0.0:.{digits}f}"
+
+
 def mean_std_rows(study: dict, keys: Sequence[str] = STUDY_KEYS) -> list[dict]:
     """One row per variant: each headline number and its ``<key>_std``."""
     rows = []
@@ -113,7 +120,7 @@ def mean_std_table(rows: Sequence[dict], digits: int = 2, keys: Sequence[str] = 
         cells = {"variant": row["variant"]}
         for key in keys:
             if row.get(key) is not None:
-                cells[key] = f"{row[key]:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+                cells[key] = format_mean_std(row[key], row[f"{key}_std"], digits)
         table.append(cells)
     return table
 

@@ -1,7 +1,8 @@
 """Where things live: the repository, dataset roots and the outputs folder; writing and reading there.
 
 :func:`check_output_path` is the one check every entry point runs on its output paths before the long
-work; :func:`read_yaml` reads configs, profiles and specs with errors that name the file and line.
+work; :func:`read_yaml` reads configs, profiles and specs with errors that name the file and line;
+:func:`write_json` is the one JSON writer (atomic, NaN as null).
 
 Dataset roots are resolved in a fixed order (see :func:`dataset_dir`): an explicit argument, the
 ``MAFT_DATA`` environment variable, the repository's ``data/`` folder, then ``../shared/data`` beside
@@ -9,8 +10,11 @@ the repository (a read-only sample of real VOC, COCO and ADE20K data).
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -155,3 +159,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         if partial.exists():
             partial.unlink()
     return path
+
+
+def json_ready(value):
+    """``value`` as plain JSON data: mappings (typed configs included) and sequences recursively, tensors and
+    numpy values as Python numbers, NaN and infinities as None (JSON has neither)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+        return json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(data, path: str | os.PathLike, overwrite: bool = True, sort_keys: bool = False,
+               indent: int = 2, what: str = "the output") -> Path:
+    """The one JSON writer: :func:`json_ready` data, written atomically; without ``overwrite`` an existing
+    file is an error (``what`` names the setting that chose the path)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another {what}")
+    text = json.dumps(json_ready(data), indent=indent, sort_keys=sort_keys) + "\n"
+    return atomic_write(path, lambda partial: partial.write_text(text))

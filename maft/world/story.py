@@ -294,7 +294,7 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
         "seconds": {**timings, "total": round(time.perf_counter() - started, 1)},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    paths.atomic_write(out, lambda partial: partial.write_text(json.dumps(story, indent=1)))
+    paths.write_json(story, out, indent=1)
     return story
 
 
