@@ -56,7 +56,8 @@ def build_proposal_generator(kind: str, **settings) -> Callable[[dict], Proposal
       then :class:`SAMProposals` settings.
     - ``"mask2former"``: ``model`` (+ ``image_processor``) or ``name_or_path`` (+ ``device``), then
       :class:`Mask2FormerProposals` settings.
-    - ``"file"`` or ``"file:DIR"``: ``directory`` (unless in the kind), ``pattern``, ``max_proposals``.
+    - ``"file"`` or ``"file:DIR"``: ``directory`` (unless in the kind), ``pattern``, ``max_proposals``,
+      ``scores`` ("probabilities", checked, or "logits", softmaxed; see :mod:`.files`).
     """
     if kind.startswith("file:"):
         settings = {"directory": kind[len("file:"):], **settings}
