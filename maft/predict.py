@@ -19,8 +19,11 @@ No detectron2 and no compiled ops: proposals come from :mod:`maft.proposals` (SA
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,6 +48,10 @@ LABELS_NONE_8BIT = 255
 LABELS_NONE_16BIT = 65535
 
 
+class NoPredictionWarning(UserWarning):
+    """:func:`predict` found no usable proposal: no pixel of the image has a prediction."""
+
+
 @dataclass
 class PredictResult:
     label_map: torch.Tensor     # int64 [H, W]: class index, or -1 (NO_PREDICTION) where no proposal covers the pixel
@@ -64,14 +71,50 @@ class PredictResult:
 # --------------------------------------------------------------------------------------------------
 def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
     """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names
-    (duplicates as :func:`maft.classes.check_class_names` finds them: case and spacing ignored)."""
-    names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+    (duplicates as :func:`maft.classes.check_class_names` finds them: case and spacing ignored).
+
+    A string is one line of CSV: double quotes keep a comma inside a name (``'"hot dog, food",dog'`` is
+    two names); a quote that is never closed is an error rather than a name with a quote in it."""
+    names = _csv_names(class_names) if isinstance(class_names, str) else list(class_names)
     names = [str(name).strip() for name in names]
     if not names or all(not name for name in names):
         raise ValueError("class names: the list is empty (give e.g. --classes \"cat,dog,grass\")")
     if any(not name for name in names):
         raise ValueError(f"class names: empty name in {names} (check for doubled or trailing commas)")
     return check_class_names(names, "class names")
+
+
+def _csv_names(text: str) -> list[str]:
+    if "\n" in text.strip() or "\r" in text.strip():
+        raise ValueError("class names: give one line of comma-separated names (--classes-file takes one name per line)")
+    if text.count('"') % 2:  # the csv module would silently run an unclosed quote to the end of the line
+        raise ValueError(f"class names {text!r}: not valid comma-separated values (a quote is never closed); "
+                         'quote a name holding a comma as "hot dog, food"')
+    rows = list(csv.reader([text], skipinitialspace=True))  # spaces around a quoted name are allowed
+    names = rows[0] if rows else []
+    if any('"' in name for name in names):
+        raise ValueError(f"class names {text!r}: a double quote inside a name; quote whole names only, "
+                         'e.g. "hot dog, food",dog')
+    return names
+
+
+def read_class_names_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line (``--classes-file``); blank lines and lines starting
+    with ``#`` are skipped, commas are part of a name. ValueError naming the file when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--classes-file {str(path)!r} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--classes-file {str(path)!r} is not UTF-8 text ({error})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise ValueError(f"--classes-file {str(path)!r} holds no class names (one name per line)")
+    try:
+        return parse_class_names(names)
+    except ValueError as error:
+        raise ValueError(f"--classes-file {str(path)!r}: {error}") from None
 
 
 def load_image(image) -> tuple[torch.Tensor, str]:
@@ -187,6 +230,12 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
                           sliding_window=settings["sliding_window"], window=settings["window"],
                           stride=settings["stride"])
     result = segmenter(sample)
+    if not bool((result.label_map != NO_PREDICTION).any()):
+        n = int(result.probs.shape[0])
+        warnings.warn(f"no prediction anywhere in image {image_id!r}: "
+                      + ("the proposal generator gave no proposals" if n == 0 else
+                         f"none of its {n} proposals has a pixel on (mask value >= 0.5)")
+                      + "; every pixel is 'no prediction' in the outputs", NoPredictionWarning, stacklevel=2)
     proposals_out = result.proposals
     if dataclasses.is_dataclass(proposals_out) and proposals_out.masks.shape != result.masks.shape:
         proposals_out = dataclasses.replace(proposals_out, masks=result.masks)  # at image resolution
@@ -208,20 +257,30 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "summary": Path(f"{stem}.json")}
 
 
-def check_outputs(out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """:func:`output_paths` after checking they can be written (:func:`maft.paths.check_output_path`)
-    and, without ``overwrite``, that none exists; meant to run before any model is loaded."""
+def check_outputs(out: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> dict[str, Path]:
+    """:func:`output_paths` after checking they can be written (:func:`maft.paths.check_output_path`),
+    that none of them is one of the ``inputs`` (the image, the label: even ``overwrite`` never replaces
+    what the user gave) and, without ``overwrite``, that none exists; meant to run before any model is
+    loaded."""
     paths = output_paths(out)
     for path in paths.values():
         check_output_path(path, "--out")
+    for given in inputs:
+        if not isinstance(given, (str, os.PathLike)) or not Path(given).exists():
+            continue
+        for kind, path in paths.items():
+            if path.exists() and path.samefile(given) or path.resolve() == Path(given).resolve():
+                raise ValueError(f"--out {str(out)!r}: its {kind} file {str(path)!r} is the input {str(given)!r}; "
+                                 "give another --out (the input is never overwritten)")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
     return paths
 
 
-def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    paths = check_outputs(out, overwrite)
+def write_outputs(result: PredictResult, image, out: str | Path, overwrite: bool = False,
+                  inputs: Sequence = ()) -> dict[str, Path]:
+    paths = check_outputs(out, overwrite, inputs)
     paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result.overlay).save(paths["overlay"])
     labels = result.label_map.numpy()
