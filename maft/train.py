@@ -356,7 +356,6 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                            desc=f"maft train {config['name']}", dynamic_ncols=True)
         stats, times, checkpoint = {}, [], None
         step = start
-        last_checkpoint = resume
         for samples in loader:
             began = time.perf_counter()
             stats = _train_step(parts, samples, step)

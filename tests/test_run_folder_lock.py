@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from maft.config import load_config
-from maft.run_folder import RunFolderBusy, claim_run_folder, keep_steps_up_to
 from maft.train import finetune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +109,8 @@ def test_two_runs_started_together_never_share_a_folder(tmp_path):
 
 
 def test_claim_is_exclusive_within_a_process_too(tmp_path):
+    from maft.run_folder import RunFolderBusy, claim_run_folder
+
     folder = claim_run_folder(tmp_path / "run")
     try:
         with pytest.raises(RunFolderBusy, match=rf"run is in use by a live run \(pid {os.getpid()} on "):
@@ -147,6 +148,8 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
 
 
 def test_keep_steps_up_to_drops_later_rows_and_a_torn_line(tmp_path):
+    from maft.run_folder import keep_steps_up_to
+
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 1}\n{"step": 2}\n{"event": "resume", "step": 1}\n{"step": 3}\n{"step": 4, "lo')
     assert keep_steps_up_to(metrics, 2) == 2
