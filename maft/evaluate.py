@@ -309,6 +309,9 @@ def evaluate_config(config: dict, checkpoint: str | Path | None = None, out: str
     path = metrics_path(config, out)
     # fail before the (long) evaluation, not after
     check_output_path(path, "--out" if out is not None else "eval.out")
+    if isinstance(checkpoint, (str, Path)) and path.exists() and Path(checkpoint).exists() and path.samefile(checkpoint):
+        raise ValueError(f"--out {path} is the checkpoint being evaluated; give another --out (the input is never "
+                         "overwritten)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
     full = with_defaults(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,12 +337,20 @@ def test_bad_devices_are_one_line_errors(voc_pair, tmp_path, capsys, device):
         assert len(err.splitlines()) == 1
 
 
+def test_proposal_generator_devices_are_checked():
+    from maft.proposals import build_proposal_generator
+
+    for kind in ("sam", "mask2former"):
+        with pytest.raises(ValueError, match="proposals.settings.device 'bogus' is not a device name"):
+            build_proposal_generator(kind, device="bogus", name_or_path="x")
+
+
 def test_unknown_kernel_is_a_one_line_error(tmp_path, capsys):
     code, _, err = cli(["notebooks", "--profile", "smoke", "--kernel", "nope", "--output-dir", str(tmp_path)], capsys)
     assert code == 2 and err.startswith("maft notebooks: error: --kernel 'nope': no such Jupyter kernel")
 
 
-def test_checkpoint_at_another_image_size_names_the_size(tmp_path):
+def test_checkpoint_at_another_image_size_names_the_size_and_eval_never_overwrites_it(tmp_path, capsys):
     from maft.checkpoints import load_finetuned
     from maft.config import load_config
     from maft.experiment import build_clip
@@ -356,3 +365,8 @@ def test_checkpoint_at_another_image_size_names_the_size(tmp_path):
     with pytest.raises(ValueError, match=r"trained at image size 32 px, but this model runs at 48 px; "
                                          r"set model.image_size=32"):
         load_finetuned(build_clip(config)[0], checkpoint)
+    before = Path(checkpoint).read_bytes()
+    code, _, err = cli(["eval", "--config", "voc20_tiny_cpu", "--checkpoint", checkpoint, "--out", checkpoint,
+                        "--overwrite"], capsys)
+    assert code == 2 and "is the checkpoint being evaluated" in err
+    assert Path(checkpoint).read_bytes() == before
