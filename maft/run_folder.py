@@ -27,7 +27,7 @@ from .paths import atomic_write
 
 LOCK_NAME = ".maft-run.lock"
 OWNER_NAME = ".maft-run.json"
-RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "checkpoint.pt")  # plus CHECKPOINT_FILES
+RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "checkpoint.pt")  # and checkpoints/step_*.pt
 CHECKPOINTS_DIR = "checkpoints"
 CHECKPOINT_FILE = re.compile(r"step_\d{6}\.pt")  # maft.train's checkpoints/step_NNNNNN.pt
 

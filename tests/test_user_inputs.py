@@ -120,7 +120,7 @@ def test_alpha_and_frames_are_converted_with_a_warning(tmp_path):
 
 def test_cli_warning_is_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((6, 5, 4), np.uint8)).save(tmp_path / "alpha.png")
-    code, out, err = cli(["predict", str(tmp_path / "alpha.png"), "--classes", "a,b", "--proposals", "gt",
+    code, _, err = cli(["predict", str(tmp_path / "alpha.png"), "--classes", "a,b", "--proposals", "gt",
                           "--config", "voc20_tiny_cpu", "--out", str(tmp_path / "o.png")], capsys)
     # gt proposals without a label are refused, after the image was read with its warning
     assert code == 2
@@ -137,7 +137,7 @@ def test_predict_on_exif_rotated_photo_writes_an_aligned_overlay(tmp_path, capsy
     label[150:300, 50:150] = 1
     Image.fromarray(label).save(tmp_path / "label.png")
     out = tmp_path / "pred" / "overlay.png"
-    code, out_text, err = cli(["predict", str(tmp_path / "photo.png"), "--classes", "background,train",
+    code, _, err = cli(["predict", str(tmp_path / "photo.png"), "--classes", "background,train",
                                "--config", "voc20_tiny_cpu", "--proposals", "gt", "--label",
                                str(tmp_path / "label.png"), "--out", str(out)], capsys)
     assert code == 0, err
@@ -301,7 +301,7 @@ def test_class_names_are_csv_and_can_come_from_a_file(voc_pair, tmp_path, capsys
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="empty.txt' holds no class names"):
         read_class_names_file(tmp_path / "empty.txt")
-    code, out, err = cli(["predict", voc_pair[0], "--classes-file", str(names), "--config", "voc20_tiny_cpu",
+    code, _, err = cli(["predict", voc_pair[0], "--classes-file", str(names), "--config", "voc20_tiny_cpu",
                           "--proposals", "gt", "--label", str(voc_pair[1]), "--out", str(tmp_path / "o.png")], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "o.json").read_text())["classes"] == ["background", "hot dog, food"]

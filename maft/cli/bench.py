@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from maft import paths
-from maft.devices import check_device
 from maft.bench import (DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec,
                         write_results)
+from maft.devices import check_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
