@@ -161,11 +161,22 @@ def _check_base(visual: nn.Module, state: dict, where: str) -> None:
         now_norm, now_projection = current[name]
         tolerance = 1e-2 * norm + 1e-6
         if abs(now_norm - norm) > tolerance or abs(now_projection - projection) > tolerance:
+            trained_size, size = state["model"].get("image_size"), _input_size(visual)
+            if trained_size and size and int(trained_size) != size:
+                # another input size resizes the positional embedding: the base differs for that reason
+                raise ValueError(f"{where} was trained at image size {trained_size} px, but this model runs at "
+                                 f"{size} px; set model.image_size={trained_size} (maft predict: or omit --config "
+                                 "to use the checkpoint's model settings)")
             raise ValueError(
                 f"{where}: the frozen base weights differ from those the checkpoint was trained on (first at "
                 f"{name}); it was trained from {state['model'].get('name')!r} with pretrained="
                 f"{state['model'].get('pretrained')!r} (random towers must be built with the same seed, "
                 "maft.experiment.build_clip)")
+
+
+def _input_size(visual: nn.Module) -> int | None:
+    size = getattr(visual, "image_size", None)  # open_clip: an int or an (h, w) pair
+    return int(size[0] if isinstance(size, (tuple, list)) else size) if size is not None else None
 
 
 def save_checkpoint(path: Path, visual: nn.Module, trained: list[str], config: ExperimentConfig, step: int,

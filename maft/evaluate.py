@@ -220,6 +220,9 @@ def evaluate_config(config: ExperimentConfig | dict | str, checkpoint: str | Pat
     path = metrics_path(config, out)
     # fail before the (long) evaluation, not after
     check_output_path(path, "--out" if out is not None else "eval.out")
+    if isinstance(checkpoint, (str, Path)) and path.exists() and Path(checkpoint).exists() and path.samefile(checkpoint):
+        raise ValueError(f"--out {path} is the checkpoint being evaluated; give another --out (the input is never "
+                         "overwritten)")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another eval.out")
     torch.manual_seed(config.seed)

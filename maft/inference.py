@@ -104,6 +104,11 @@ def ensemble_scores(clip_probs: torch.Tensor, gen_probs: torch.Tensor | None, se
                          f"{tuple(clip_probs.shape)} differ in shape; align them with align_generator_scores")
     seen = seen_mask(seen, clip_probs.shape[1]).to(clip_probs.device)
     gen_probs = gen_probs.to(clip_probs)
+    scored = gen_probs[~torch.isnan(gen_probs)]
+    # a negative score to a fractional power is NaN, and NaN would spread to every pixel's argmax
+    if scored.numel() and (not torch.isfinite(scored).all() or scored.min() < 0 or scored.max() > 1):
+        raise ValueError(f"generator scores must be probabilities in [0, 1] for the ensemble, got values in "
+                         f"[{scored.min().item():.4g}, {scored.max().item():.4g}] (logits? apply a softmax)")
     if empty is not None:
         empty = torch.as_tensor(empty, dtype=torch.bool, device=clip_probs.device)
         if empty.shape != clip_probs.shape[:1]:

@@ -19,7 +19,10 @@ No detectron2 and no compiled ops: proposals come from :mod:`maft.proposals` (SA
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -34,11 +37,15 @@ from .config import ExperimentConfig, ProposalsConfig, load
 from .data.datasets import read_image, read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
-from .inference import Segmenter
+from .inference import NO_PREDICTION, Segmenter
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
 LABELS_NONE_8BIT = 255
 LABELS_NONE_16BIT = 65535
+
+
+class NoPredictionWarning(UserWarning):
+    """:func:`predict` found no usable proposal: no pixel of the image has a prediction."""
 
 
 @dataclass
@@ -55,14 +62,50 @@ class PredictResult:
 # --------------------------------------------------------------------------------------------------
 def parse_class_names(class_names: str | Sequence[str]) -> list[str]:
     """"a, b ,c" or ["a", "b", "c"] -> ["a", "b", "c"]; ValueError for empty or duplicate names
-    (duplicates as :func:`maft.data.class_specs.check_class_names` finds them: case and spacing ignored)."""
-    names = class_names.split(",") if isinstance(class_names, str) else list(class_names)
+    (duplicates as :func:`maft.data.class_specs.check_class_names` finds them: case and spacing ignored).
+
+    A string is one line of CSV: double quotes keep a comma inside a name (``'"hot dog, food",dog'`` is
+    two names); a quote that is never closed is an error rather than a name with a quote in it."""
+    names = _csv_names(class_names) if isinstance(class_names, str) else list(class_names)
     names = [str(name).strip() for name in names]
     if not names or all(not name for name in names):
         raise ValueError("class names: the list is empty (give e.g. --classes \"cat,dog,grass\")")
     if any(not name for name in names):
         raise ValueError(f"class names: empty name in {names} (check for doubled or trailing commas)")
     return check_class_names(names, "class names")
+
+
+def _csv_names(text: str) -> list[str]:
+    if "\n" in text.strip() or "\r" in text.strip():
+        raise ValueError("class names: give one line of comma-separated names (--classes-file takes one name per line)")
+    if text.count('"') % 2:  # the csv module would silently run an unclosed quote to the end of the line
+        raise ValueError(f"class names {text!r}: not valid comma-separated values (a quote is never closed); "
+                         'quote a name holding a comma as "hot dog, food"')
+    rows = list(csv.reader([text], skipinitialspace=True))  # spaces around a quoted name are allowed
+    names = rows[0] if rows else []
+    if any('"' in name for name in names):
+        raise ValueError(f"class names {text!r}: a double quote inside a name; quote whole names only, "
+                         'e.g. "hot dog, food",dog')
+    return names
+
+
+def read_class_names_file(path: str | os.PathLike) -> list[str]:
+    """Class names from a text file, one per line (``--classes-file``); blank lines and lines starting
+    with ``#`` are skipped, commas are part of a name. ValueError naming the file when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--classes-file {str(path)!r} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--classes-file {str(path)!r} is not UTF-8 text ({error})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise ValueError(f"--classes-file {str(path)!r} holds no class names (one name per line)")
+    try:
+        return parse_class_names(names)
+    except ValueError as error:
+        raise ValueError(f"--classes-file {str(path)!r}: {error}") from None
 
 
 def load_image(image) -> tuple[torch.Tensor, str]:
@@ -177,6 +220,12 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
                           ensemble_lambda=lam, variant=settings.variant, classes=names,
                           sliding_window=settings.sliding_window, window=settings.window, stride=settings.stride)
     result = segmenter(sample)
+    if not bool((result.label_map != NO_PREDICTION).any()):
+        n = int(result.probs.shape[0])
+        warnings.warn(f"no prediction anywhere in image {image_id!r}: "
+                      + ("the proposal generator gave no proposals" if n == 0 else
+                         f"none of its {n} proposals has a pixel on (mask value >= 0.5)")
+                      + "; every pixel is 'no prediction' in the outputs", NoPredictionWarning, stacklevel=2)
     proposals_out = result.proposals
     if dataclasses.is_dataclass(proposals_out) and proposals_out.masks.shape != result.masks.shape:
         proposals_out = dataclasses.replace(proposals_out, masks=result.masks)  # at image resolution

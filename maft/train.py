@@ -39,7 +39,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -63,6 +62,7 @@ from .losses import batch_denominators, iou_targets, maft_objective
 from .utils.paths import check_output_path, resolve_output_path, write_json
 from .utils.progress import progress_bar
 from .proposals import CachedProposals
+from .utils.run_folder import claim_run_folder, interrupted, keep_steps_up_to
 from .trainable import norm_parameter_names, set_trainable
 
 
@@ -121,35 +121,10 @@ class Student(nn.Module):
 # Run directory
 
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "summary.json", "checkpoint.pt", "checkpoints")
-
-
 def resolve_run_dir(out_dir: str | os.PathLike | None, name: str) -> Path:
     """``train.out_dir`` with ``<name>`` filled in; None or a relative ``outputs/...`` path goes under the
     outputs root (``$MAFT_OUTPUTS``, as ``maft eval`` does); any other path is used as given."""
     return resolve_output_path(out_dir, name, ("train", "<name>"))
-
-
-def _run_dir(config: dict, overwrite: bool) -> Path:
-    """outputs/train/<name> (or train.out_dir); an existing non-empty one is never reused silently."""
-    base = resolve_run_dir(config["train"]["out_dir"], config["name"])
-    if base.exists() and any(base.iterdir()):
-        if overwrite:
-            for name in RUN_FILES:
-                target = base / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        else:
-            number = 2
-            while (base.parent / f"{base.name}-{number}").exists():
-                number += 1
-            fresh = base.parent / f"{base.name}-{number}"
-            print(f"maft train: {base} already holds a run; writing to {fresh} (use --overwrite to replace it)")
-            base = fresh
-    base.mkdir(parents=True, exist_ok=True)
-    return base
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
@@ -325,12 +300,17 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
     cfg = config["train"]
     device = _resolve_device(cfg["device"])
     ddp = Distributed(device)
+    folder, step, last_checkpoint = None, 0, resume  # for the one line Ctrl-C leaves (maft.utils.run_folder)
     try:
         same_place = saved is not None and cfg["out_dir"] in (None, saved_train.get("out_dir"))
         continued = Path(saved["out_dir"]) if same_place and saved.get("out_dir") else None
         if ddp.main:  # the run folder must be writable before the model is built and trained, not after
             check_output_path(continued or resolve_run_dir(cfg["out_dir"], config["name"]), "train.out_dir",
                               directory=True)
+            # resuming continues the checkpoint's own run folder unless another out_dir is asked for; either
+            # way the folder is locked while this run writes it (a live run there stops this one at once)
+            folder = claim_run_folder(continued or resolve_run_dir(cfg["out_dir"], config["name"]), overwrite,
+                                      resume=continued is not None)
         parts = _build_parts(config, device, ddp)
         start = 0
         if saved is not None:
@@ -344,19 +324,12 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                 raise ValueError(f"--resume {resume}: checkpoint is at step {start}, beyond "
                                  f"train.iterations={cfg['iterations']}")
             set_rng_state(saved["rng"])
-        out_dir = None
-        if ddp.main:
-            if continued is not None:
-                # resuming continues the checkpoint's own run folder unless another out_dir is asked for
-                out_dir = continued
-                out_dir.mkdir(parents=True, exist_ok=True)
-            else:
-                out_dir = _run_dir(config, overwrite)
-        out_dir = Path(ddp.broadcast(str(out_dir) if out_dir else None))
+        out_dir = Path(ddp.broadcast(str(folder.path) if folder else None))
         metrics = out_dir / "metrics.jsonl"
         if ddp.main:
             (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
             if saved is not None:
+                keep_steps_up_to(metrics, start)  # steps after the checkpoint are trained (and logged) again
                 _append_jsonl(metrics, {"event": "resume", "step": start, "checkpoint": str(resume)})
             print(f"maft train: {parts.num_trainable:,} trainable parameters of {parts.num_tower:,} in the "
                   f"vision tower (units: {', '.join(cfg['trainable'])}); {ddp.world} process(es) on {device}; "
@@ -380,8 +353,9 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
                 _append_jsonl(metrics, {"step": step, **stats, "step_time_s": times[-1]})
             if ddp.main and (last or (cfg["checkpoint_every"] and step % cfg["checkpoint_every"] == 0)):
                 name = "checkpoint.pt" if last else f"checkpoints/step_{step:06d}.pt"
-                checkpoint = save_checkpoint(out_dir / name, parts.visual, parts.trained, config, step,
-                                             parts.optimizer, parts.scheduler, parts.scaler, out_dir)
+                checkpoint = last_checkpoint = save_checkpoint(out_dir / name, parts.visual, parts.trained, config,
+                                                               step, parts.optimizer, parts.scheduler, parts.scaler,
+                                                               out_dir)
         bar.close()
         if checkpoint is None:  # resumed at the last step: nothing left to train
             checkpoint = out_dir / "checkpoint.pt"
@@ -395,7 +369,11 @@ def finetune(config: dict[str, Any] | None, resume: str | os.PathLike | None = N
         # In memory only (not in summary.json): this process's trained tensors, e.g. to compare ranks.
         summary["params"] = {name: own[name].detach().cpu().clone() for name in parts.trained}
         return summary
+    except KeyboardInterrupt:
+        raise interrupted(step, cfg["iterations"], last_checkpoint) from None
     finally:
+        if folder is not None:
+            folder.release()
         ddp.close()
 
 

@@ -39,7 +39,7 @@ def no_model(monkeypatch):
     ("data.max_image=1", "config key data.max_image: unknown key in section 'data'"),
     ("evl.ensemble_lambda=0.5", "config key evl: unknown key in the top level"),
     ("model.start_layer=true", "config key model.start_layer: expected an integer or null, got true (bool)"),
-    ("model.image_size=big", "config key model.image_size: expected an integer, got 'big' (str)"),
+    ("model.image_size=big", "config key model.image_size: expected an integer or null, got 'big' (str)"),
     ("train.lr=fast", "config key train.lr: expected a number, got 'fast' (str)"),
     ("eval.sliding_window=1", "config key eval.sliding_window: expected true or false, got 1 (int)"),
     ("model.start_layer=7", "config key model.start_layer: expected an integer in [0, 6] for the 6-block "

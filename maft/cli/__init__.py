@@ -4,7 +4,9 @@ The library never parses arguments; each module of this package maps a subcomman
 ``add_arguments(parser)`` and ``run(args)``. Subcommand modules are imported only when their subcommand
 runs, so ``maft --help`` stays fast. A user error (a bad value, a missing file, an output that exists) is
 reported as one line, ``maft <command>: error: ...``, with exit code 2 as argparse does; ``--debug`` (or
-``MAFT_DEBUG=1``) shows the traceback instead.
+``MAFT_DEBUG=1``) shows the traceback instead. Warnings (an image's alpha dropped, a run without any
+prediction) are one line too, ``maft <command>: warning: ...``. Ctrl-C ends with one line (exit 130):
+what was interrupted and, for ``maft train``, where its last checkpoint is and how to resume.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 COMMANDS = {
     "data": ("maft.cli.data", "prepare or check a dataset root"),
@@ -52,10 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
-        result = module.run(args)
+        with warnings.catch_warnings():  # the one-line form below, for this command only
+            if not debug:
+                warnings.showwarning = lambda message, *_, **__: print(f"maft {name}: warning: {message}",
+                                                                        file=sys.stderr)
+            result = module.run(args)
     except USER_ERRORS as error:
         if debug:
             raise
         parser.exit(2, f"maft {name}: error: {error}\n")
+    except KeyboardInterrupt as interrupt:
+        if debug:
+            raise
+        # maft.train's TrainingInterrupted says where the last checkpoint is and how to resume
+        parser.exit(130, f"maft {name}: interrupted{': ' + str(interrupt) if str(interrupt) else ''}\n")
     if isinstance(result, int):
         sys.exit(result)

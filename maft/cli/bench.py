@@ -9,6 +9,7 @@ import torch
 from ..utils import paths
 from ..studies.bench import (DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec,
                         write_results)
+from ..utils.devices import check_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     models = args.models or (QUICK_MODELS if args.quick else DEFAULT_MODELS)

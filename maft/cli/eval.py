@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..config import load
+from ..utils.devices import check_device
 from ..evaluate import evaluate_config, format_summary
 
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_device(args.device)  # before the dataset and model are built
     config = load(args.config, args.overrides)
     if config.name is None:
         config.name = Path(args.config).stem

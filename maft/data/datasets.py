@@ -21,12 +21,13 @@ folder). ``mode="train"`` is the training view of the ``protocol``:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .class_specs import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
 from ..utils.paths import dataset_dir
@@ -39,6 +40,14 @@ MODES = ("eval", "train")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B", "1")  # single-channel index images
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # grayscale beyond 8 bits (read_image)
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag phones set instead of rotating the stored pixels
+SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # orientations shown with width and height exchanged
+
+
+class ImageConversionWarning(UserWarning):
+    """An image was read, but not exactly as stored: its alpha channel was dropped, or only its first
+    frame was used. The message names the file and what was done."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +185,58 @@ def list_split(folder: Path, folder_spec: FolderSpec, split: str) -> list[SegIte
     return items
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The one image reader of maft: a decoded PIL image as viewers show it.
+
+    EXIF orientation is applied (``ImageOps.exif_transpose``): a phone photo stored 400x200 with
+    orientation 6 is shown, and returned, 200x400, so labels drawn on the photo as shown fit it. An
+    image with several frames (animated GIF, multi-page TIFF) gives its first frame and an image with
+    an alpha channel keeps it here (:func:`rgb_array` drops it); both with an
+    :class:`ImageConversionWarning` naming the file. Unreadable files raise ValueError naming them.
+    """
+    try:
+        image = Image.open(path)
+        image.load()  # decodes now, so a truncated file fails here rather than as gray pixels later
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"cannot read image {path}: corrupt or truncated file ({error})") from error
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        warnings.warn(f"image {path} has {frames} frames ({image.format}); using the first frame only",
+                      ImageConversionWarning, stacklevel=2)
+    if image.mode in ALPHA_MODES or (image.mode == "P" and "transparency" in image.info):
+        warnings.warn(f"image {path} has an alpha channel (mode {image.mode}); it is dropped: transparent "
+                      "pixels keep their stored colour, not a background", ImageConversionWarning, stacklevel=2)
+    if exif_orientation(image) not in (None, 1):
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except (OSError, SyntaxError, ValueError, KeyError) as error:
+            image.close()
+            raise ValueError(f"cannot read image {path}: bad EXIF orientation ({error})") from error
+        image.close()
+        image = upright
+    return image
+
+
+def exif_orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation tag (1-8) of an open image, or None; unreadable EXIF counts as none."""
+    try:
+        return image.getexif().get(EXIF_ORIENTATION)
+    except (OSError, SyntaxError, ValueError, KeyError):
+        return None
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """(W, H) of an open image as viewers show it (EXIF orientation applied), from its header only."""
+    width, height = image.size
+    return (height, width) if exif_orientation(image) in SWAPPED_ORIENTATIONS else (width, height)
+
+
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """uint8 [3,H,W] RGB; grayscale / palette / RGBA / CMYK are converted, unreadable files raise ValueError.
+    """uint8 [3,H,W] RGB as viewers show it (:func:`open_image`: EXIF orientation applied, warnings for
+    alpha and extra frames); grayscale / palette / RGBA / CMYK are converted, unreadable files raise
+    ValueError.
 
     Images with more than 8 bits per sample are scaled by the largest value their type can hold, the
     convention of scikit-image (``img_as_ubyte``) and torchvision (``to_dtype(..., scale=True)``): 16-bit
@@ -187,13 +246,7 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     constant image constant. PIL's own conversion would saturate every value above 255 to white.
     16-bit colour PNGs need nothing: PIL already reads them as 8-bit RGB(A) by their high byte.
     """
-    try:
-        image = Image.open(path)
-        image.load()  # decodes now, so a truncated file fails here rather than as gray pixels later
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path}: corrupt or truncated file ({error})") from error
+    image = open_image(path)
     try:
         return torch.from_numpy(rgb_array(image, path)).permute(2, 0, 1).contiguous()
     finally:
@@ -257,7 +310,7 @@ def size_mismatches(dataset: SegDataset, progress: bool = True) -> list[str]:
         for path in (item.image_path, item.label_path):
             try:
                 with Image.open(path) as image:
-                    sizes.append(image.size)
+                    sizes.append(shown_size(image))  # as read_image returns it (EXIF orientation)
             except (OSError, SyntaxError, ValueError) as error:
                 raise ValueError(f"cannot read {path}: corrupt or not an image ({error})") from error
         if sizes[0] != sizes[1]:

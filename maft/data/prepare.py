@@ -37,8 +37,8 @@ import scipy.io
 from PIL import Image
 
 from .class_specs import ClassSpec, load_class_spec
-from .datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, read_label,
-                           rgb_array, size_mismatches)
+from .datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, open_image,
+                       read_label, rgb_array, size_mismatches)
 from ..utils.paths import check_output_path, data_roots
 from ..utils.progress import progress_bar
 from .user_folder import resolve_spec
@@ -186,12 +186,9 @@ def _write_pair(pair: Pair, out: Path, spec: ClassSpec, resize_to: int) -> None:
 
 
 def _open_image(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {path}: corrupt or truncated file ({error})") from error
+    # the one reader (EXIF orientation applied): a rotated photo is written upright, so the byte copy
+    # below only happens when nothing was transposed (format stays JPEG)
+    return open_image(path)
 
 
 def _shorter_side_size(size: tuple[int, int], max_size: int) -> tuple[int, int] | None:

@@ -28,6 +28,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable
 
+from ..utils.devices import check_device
 from .cache import CachedProposals, settings_digest
 from .files import FILE_SUFFIXES, FileProposals, export_proposals, load_proposals, save_proposals
 from .gt import ALL_GT_KINDS, GT_KINDS, GTProposals, sample_rng
@@ -56,7 +57,8 @@ def build_proposal_generator(kind: str, **settings) -> Callable[[dict], Proposal
       then :class:`SAMProposals` settings.
     - ``"mask2former"``: ``model`` (+ ``image_processor``) or ``name_or_path`` (+ ``device``), then
       :class:`Mask2FormerProposals` settings.
-    - ``"file"`` or ``"file:DIR"``: ``directory`` (unless in the kind), ``pattern``, ``max_proposals``.
+    - ``"file"`` or ``"file:DIR"``: ``directory`` (unless in the kind), ``pattern``, ``max_proposals``,
+      ``scores`` ("probabilities", checked, or "logits", softmaxed; see :mod:`.files`).
     """
     if kind.startswith("file:"):
         settings = {"directory": kind[len("file:"):], **settings}
@@ -69,14 +71,14 @@ def build_proposal_generator(kind: str, **settings) -> Callable[[dict], Proposal
         model = settings.pop("model", None)
         model_type = settings.pop("model_type", "vit_h")
         checkpoint = settings.pop("checkpoint", None)
-        device = settings.pop("device", "cpu")
+        device = check_device(settings.pop("device", "cpu"), "proposals.settings.device")
         if model is None:
             model = load_sam(model_type, checkpoint, device=device)
         return SAMProposals(model, **settings)
     if kind == "mask2former":
         model = settings.pop("model", None)
         name_or_path = settings.pop("name_or_path", None)
-        device = settings.pop("device", "cpu")
+        device = check_device(settings.pop("device", "cpu"), "proposals.settings.device")
         if model is None:
             if name_or_path is None:
                 raise ValueError("build_proposal_generator('mask2former') needs model=... or "

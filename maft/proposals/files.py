@@ -15,12 +15,18 @@ image, named ``<id>.npz`` or ``<id>.json`` (the image id as in the dataset sampl
   "score": float?}``. ``scores`` must be given for all records or for none. ``score`` (one
   confidence per mask, e.g. SAM's predicted IoU) only orders the proposals when ``max_proposals``
   keeps the best ones. RLE masks are binary: soft masks are thresholded at 0.5 when written.
+
+Every file is checked when read (:mod:`.validate`) and a malformed one is a one-line ValueError naming
+it: ``scores`` must be finite probabilities in [0, 1] (``scores="logits"``, the setting
+``proposals.settings.scores: logits``, applies a softmax over the classes instead), RLE sizes and
+counts are type- and length-checked before decoding, and a damaged archive is named as such.
 """
 from __future__ import annotations
 
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,6 +37,7 @@ from pycocotools import mask as mask_utils
 from ..masks import mask_on
 from ..utils.progress import progress_bar
 from .types import Proposals
+from .validate import check_score_kind, checked_rle, checked_scores, json_scores
 
 FILE_SUFFIXES = (".npz", ".json")
 
@@ -80,15 +87,18 @@ def save_proposals(path: str | os.PathLike, proposals: Proposals,
     return path
 
 
-def load_proposals(path: str | os.PathLike, image_size: tuple[int, int] | None = None) -> Proposals:
-    """Read one proposals file (.npz or .json, see module doc); check its masks are ``image_size``."""
+def load_proposals(path: str | os.PathLike, image_size: tuple[int, int] | None = None,
+                   scores: str = "probabilities") -> Proposals:
+    """Read one proposals file (.npz or .json, see module doc); check its masks are ``image_size``.
+    ``scores``: what the file's scores hold, "probabilities" (checked) or "logits" (softmaxed)."""
     path = Path(path)
+    check_score_kind(scores)
     if not path.is_file():
         raise FileNotFoundError(f"load_proposals: {path} does not exist")
     if path.suffix == ".npz":
-        proposals = _load_npz(path)
+        proposals = _load_npz(path, scores)
     elif path.suffix == ".json":
-        proposals, _ = _load_json(path)
+        proposals, _ = _load_json(path, scores)
     else:
         raise ValueError(f"load_proposals: {path} must end in .npz or .json")
     if image_size is not None and len(proposals) == 0:
@@ -105,15 +115,23 @@ def _with_size(proposals: Proposals, size: tuple[int, int]) -> Proposals:
                      kinds=proposals.kinds, source_class=proposals.source_class)
 
 
-def _load_npz(path: Path) -> Proposals:
-    with np.load(path, allow_pickle=False) as data:
-        if "masks" not in data:
-            raise ValueError(f"{path}: no 'masks' array (found {list(data.keys())})")
-        masks = data["masks"]
-        scores = data["scores"] if "scores" in data else None
-        classes = [str(name) for name in data["classes"]] if "classes" in data else None
-        kinds = [str(kind) for kind in data["kinds"]] if "kinds" in data else None
-        source = torch.from_numpy(data["source_class"].astype(np.int64)) if "source_class" in data else None
+def _load_npz(path: Path, score_kind: str = "probabilities") -> Proposals:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            if "masks" not in data:
+                raise ValueError(f"no 'masks' array (found {list(data.keys())})")
+            masks = data["masks"]
+            scores = data["scores"] if "scores" in data else None
+            classes = [str(name) for name in data["classes"]] if "classes" in data else None
+            kinds = [str(kind) for kind in data["kinds"]] if "kinds" in data else None
+            source = torch.from_numpy(data["source_class"].astype(np.int64)) if "source_class" in data else None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as error:
+        # truncated or not a zip (BadZipFile, EOFError), object arrays (ValueError: pickled data), ...
+        raise ValueError(f"{path}: not a readable proposals .npz ({type(error).__name__}: {error})") from None
+    if scores is not None and (scores.dtype.kind not in "biuf" or scores.ndim != 2):
+        raise ValueError(f"{path}: 'scores' must be a [N, C] float array, got {scores.dtype} {scores.shape}")
     if masks.ndim != 3:
         raise ValueError(f"{path}: masks must be [N,H,W], got shape {masks.shape}")
     if masks.dtype == np.bool_:
@@ -129,17 +147,17 @@ def _load_npz(path: Path) -> Proposals:
             raise ValueError(f"{path}: float masks must be probabilities in [0,1]")
     else:
         raise ValueError(f"{path}: masks dtype {masks.dtype} is not bool, integer or float")
+    score_tensor = None if scores is None else checked_scores(torch.from_numpy(scores).float(), path, score_kind)
     try:
-        return Proposals(masks=tensor, scores=None if scores is None else torch.from_numpy(scores).float(),
-                         classes=classes, kinds=kinds, source_class=source)
+        return Proposals(masks=tensor, scores=score_tensor, classes=classes, kinds=kinds, source_class=source)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
 
-def _load_json(path: Path) -> tuple[Proposals, torch.Tensor | None]:
+def _load_json(path: Path, score_kind: str = "probabilities") -> tuple[Proposals, torch.Tensor | None]:
     try:
         content = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
     classes = None
     if isinstance(content, dict):
@@ -157,22 +175,24 @@ def _load_json(path: Path) -> tuple[Proposals, torch.Tensor | None]:
         rle = record.get("segmentation") if isinstance(record, dict) else None
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
             raise ValueError(f"{path}: record {i} has no COCO RLE 'segmentation' with size and counts")
+        rle = checked_rle(rle, path, i)  # pycocotools trusts sizes and counts: checked first
         if isinstance(rle["counts"], list):  # uncompressed RLE
             rle = mask_utils.frPyObjects(rle, *rle["size"])
-        else:
-            rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
         with warnings.catch_warnings():  # pycocotools' own numpy-2 deprecation notice, not ours
             warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
             masks.append(mask_utils.decode(rle))
         scores.append(record.get("scores"))
-        confidence.append(record.get("score"))
+        score = record.get("score")
+        if score is not None and not (isinstance(score, (int, float)) and not isinstance(score, bool)):
+            raise ValueError(f"{path}: record {i} 'score' must be a number, got {score!r}")
+        confidence.append(score)
     sizes = {mask.shape for mask in masks}
     if len(sizes) > 1:
         raise ValueError(f"{path}: records have different sizes {sorted(sizes)}")
     given = [s is not None for s in scores]
     if any(given) and not all(given):
         raise ValueError(f"{path}: 'scores' must be given for all records or none")
-    score_tensor = torch.tensor(scores, dtype=torch.float) if all(given) else None
+    score_tensor = checked_scores(json_scores(scores, path), path, score_kind) if all(given) else None
     confidence_tensor = (torch.tensor([c if c is not None else -np.inf for c in confidence])
                          if any(c is not None for c in confidence) else None)
     try:
@@ -188,10 +208,13 @@ class FileProposals:
 
     The file of a sample is ``directory / pattern.format(id=sample["id"])``; when the pattern has no
     .npz/.json suffix, ``.npz`` then ``.json`` are tried. ``max_proposals`` keeps the first ones (for
-    JSON with per-record ``score``: the highest scored).
+    JSON with per-record ``score``: the highest scored). ``scores``: "probabilities" (the default;
+    checked to be finite and in [0, 1]) or "logits" (a softmax over each proposal's classes is applied).
     """
 
-    def __init__(self, directory: str | os.PathLike, pattern: str = "{id}", max_proposals: int | None = None):
+    def __init__(self, directory: str | os.PathLike, pattern: str = "{id}", max_proposals: int | None = None,
+                 scores: str = "probabilities"):
+        self.scores = check_score_kind(scores)  # what the files' scores hold (see the module doc)
         self.directory = Path(directory)
         if not self.directory.is_dir():
             raise FileNotFoundError(f"FileProposals: proposal directory {str(self.directory)!r} "
@@ -217,9 +240,9 @@ class FileProposals:
         path = self.path_for(str(sample["id"]))
         confidence = None
         if path.suffix == ".json":
-            proposals, confidence = _load_json(path)
+            proposals, confidence = _load_json(path, self.scores)
         else:
-            proposals = _load_npz(path)
+            proposals = _load_npz(path, self.scores)
         image = sample.get("image") if sample.get("image") is not None else sample.get("label")
         if image is not None:
             size = tuple(image.shape[-2:])

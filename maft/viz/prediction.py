@@ -3,7 +3,9 @@ label map as PNG and a JSON summary. Kept out of :mod:`maft.predict` so that the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -28,21 +30,31 @@ def output_paths(out: str | Path) -> dict[str, Path]:
             "summary": Path(f"{stem}.json")}
 
 
-def check_outputs(out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """:func:`output_paths` after checking they can be written (:func:`maft.utils.paths.check_output_path`)
-    and, without ``overwrite``, that none exists; meant to run before any model is loaded."""
+def check_outputs(out: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> dict[str, Path]:
+    """:func:`output_paths` after checking they can be written (:func:`maft.utils.paths.check_output_path`),
+    that none of them is one of the ``inputs`` (the image, the label: even ``overwrite`` never replaces
+    what the user gave) and, without ``overwrite``, that none exists; meant to run before any model is
+    loaded."""
     paths = output_paths(out)
     for path in paths.values():
         check_output_path(path, "--out")
+    for given in inputs:
+        if not isinstance(given, (str, os.PathLike)) or not Path(given).exists():
+            continue
+        for kind, path in paths.items():
+            if path.exists() and path.samefile(given) or path.resolve() == Path(given).resolve():
+                raise ValueError(f"--out {str(out)!r}: its {kind} file {str(path)!r} is the input {str(given)!r}; "
+                                 "give another --out (the input is never overwritten)")
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite (overwrite=True) or another --out")
     return paths
 
 
-def write_outputs(result, image, out: str | Path, overwrite: bool = False) -> dict[str, Path]:
-    """Write a :class:`maft.predict.PredictResult` of ``image`` (uint8 [3,H,W]) as :func:`output_paths` says."""
-    paths = check_outputs(out, overwrite)
+def write_outputs(result, image, out: str | Path, overwrite: bool = False, inputs: Sequence = ()) -> dict[str, Path]:
+    """Write a :class:`maft.predict.PredictResult` of ``image`` (uint8 [3,H,W]) as :func:`output_paths` says;
+    none of the files may be one of the ``inputs`` (:func:`check_outputs`)."""
+    paths = check_outputs(out, overwrite, inputs)
     paths["overlay"].parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay(image, result.label_map, result.classes)).save(paths["overlay"])
     labels = result.label_map.numpy()
