@@ -67,16 +67,24 @@ def default_start_layer(depth: int) -> int:
     return int(round(depth * 8 / 12))
 
 
-def class_token_attention_mask(masks: torch.Tensor, grid_size: tuple[int, int],
-                               threshold: float = MASK_THRESHOLD) -> torch.Tensor:
-    """The paper's eq. 2 ``M_hat = [I(N, N); Flat(M)]`` as bool ``[N, N + gh*gw]`` (True = may attend).
+def class_token_attention_mask(proposals: torch.Tensor, shared_self: bool = False) -> torch.Tensor:
+    """The paper's eq. 2 ``M_hat = [I(N, N); Flat(M)]``: the one place the class queries' attention mask
+    is built, by the ViT and the ResNet forward alike.
 
-    Row n is class query n: itself among the N class tokens, then the patches (row-major over the patch
-    grid) where proposal n is on. The attention bias B of eq. 2 is 0 where True and -inf where False.
+    ``proposals``: bool ``[..., N, P]``, proposal n's patches on the grid (row-major; see
+    :func:`maft.masks.binarize_masks`). Returns bool ``[..., N, K + P]`` (True = may attend; the bias B of
+    eq. 2 is 0 there and -inf elsewhere): row n is class query n, which sees itself among the K class keys
+    and the patches where proposal n is on. ``shared_self``: the N queries are copies of one token with no
+    layer after them (a ResNet's attention pool), so "itself" is one shared key column (K = 1); otherwise
+    K = N and the self part is the identity.
     """
-    on_grid = binarize_masks(masks, grid_size, threshold).flatten(1)
-    identity = torch.eye(masks.shape[0], dtype=torch.bool, device=masks.device)
-    return torch.cat([identity, on_grid], dim=1)
+    proposals = proposals.bool()
+    count = proposals.shape[-2]
+    if shared_self:
+        itself = torch.ones(*proposals.shape[:-1], 1, dtype=torch.bool, device=proposals.device)
+    else:
+        itself = torch.eye(count, dtype=torch.bool, device=proposals.device).expand(*proposals.shape[:-2], count, count)
+    return torch.cat([itself, proposals], dim=-1)
 
 
 def check_masks(masks, batch_size: int, max_proposals: int) -> None:
@@ -328,8 +336,7 @@ class IPCLIP(nn.Module):
         queries = x[:, :1].expand(-1, num_queries, -1)
         x = torch.cat([queries, x[:, 1:]], dim=1)
         proposals = self._pad_proposals(on_grid, num_queries, num_patches, x.device)
-        identity = torch.eye(num_queries, dtype=torch.bool, device=x.device).expand(x.shape[0], -1, -1)
-        query_mask = torch.cat([identity, proposals], dim=2)[:, None]
+        query_mask = class_token_attention_mask(proposals)[:, None]  # eq. 2, broadcast over heads
         for block in blocks[self.start_layer:]:
             if self._checkpointing():
                 x = checkpoint(self._masked_block, block, x, num_queries, query_mask, use_reentrant=False)
@@ -379,7 +386,7 @@ class IPCLIP(nn.Module):
         embeddings = [tokens.new_zeros(0, self.output_dim) for _ in counts]
         if num_queries > 0:
             proposals = self._pad_proposals(on_grid, num_queries, grid[0] * grid[1], tokens.device)
-            mask = torch.cat([torch.ones_like(proposals[:, :, :1]), proposals], dim=2)[:, None]
+            mask = class_token_attention_mask(proposals, shared_self=True)[:, None]
             out = F.scaled_dot_product_attention(q.expand(-1, -1, num_queries, -1), k, v, attn_mask=mask)
             pooled = pool.c_proj(_merge_heads(out))
             embeddings = [pooled[b, :n] for b, n in enumerate(counts)]

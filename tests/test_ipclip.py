@@ -111,10 +111,51 @@ def test_resize_masks_to_grid_bilinear_and_threshold_at_or_above_half():
 
 
 def test_class_token_attention_mask_is_eq2_identity_then_flat_mask():
-    masks = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    proposals = torch.tensor([[True, False, False, True], [False, False, False, False]])
     expected = torch.tensor([[True, False, True, False, False, True],
                              [False, True, False, False, False, False]])
-    assert torch.equal(class_token_attention_mask(masks, (2, 2)), expected)
+    assert torch.equal(class_token_attention_mask(proposals), expected)
+    # the ResNet pool's queries share one "itself" key
+    assert torch.equal(class_token_attention_mask(proposals, shared_self=True),
+                       torch.tensor([[True, True, False, False, True], [True, False, False, False, False]]))
+
+
+@pytest.mark.parametrize("tower", ["vit", "resnet"])
+def test_the_forward_pass_attends_through_the_eq2_mask(tower, vit, resnet, monkeypatch):
+    """The mask the forward pass uses is the eq. 2 function's: recorded from the call, it is the hand-built
+    [I; Flat(M)] of these proposals (padded rows all off), and a forward with that function replaced by
+    "attend everywhere" gives other embeddings, so no second mask is built elsewhere."""
+    import maft.ipclip as module
+
+    visual = vit if tower == "vit" else resnet
+    ipclip = IPCLIP(visual, start_layer=DEPTH - 2 if tower == "vit" else None).eval()
+    images = torch.randn(2, 3, *([visual.image_size] * 2 if isinstance(visual.image_size, int)
+                                 else visual.image_size))
+    grid = ipclip.patch_grid(images)
+    first = torch.zeros(2, *grid)
+    first[0, :1] = 1.0
+    first[1, :, :1] = 1.0
+    second = torch.zeros(1, *grid)
+    second[0, -1:, -1:] = 1.0
+    seen = []
+    real = module.class_token_attention_mask
+    monkeypatch.setattr(module, "class_token_attention_mask", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    with torch.no_grad():
+        out = ipclip(images, [first, second])
+    assert len(seen) == 1
+    patches = grid[0] * grid[1]
+    flat = torch.zeros(2, 2, patches, dtype=torch.bool)
+    flat[0, 0, :grid[1]] = True                                     # first row of the grid
+    flat[0, 1, ::grid[1]] = True                                    # first column
+    flat[1, 0, -1] = True                                           # last patch; row 1 of image 1 is padding
+    itself = (torch.eye(2, dtype=torch.bool).expand(2, 2, 2) if tower == "vit"
+              else torch.ones(2, 2, 1, dtype=torch.bool))
+    assert torch.equal(seen[0].squeeze(1) if seen[0].ndim == 4 else seen[0], torch.cat([itself, flat], dim=-1))
+    monkeypatch.setattr(module, "class_token_attention_mask", lambda p, shared_self=False: torch.ones(
+        *p.shape[:-1], p.shape[-1] + (1 if shared_self else p.shape[-2]), dtype=torch.bool))
+    with torch.no_grad():
+        everywhere = ipclip(images, [first, second])
+    assert not torch.allclose(everywhere[0], out[0], atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------- ViT exactness

@@ -296,7 +296,7 @@ def plot_attention_masks(image, masks, grid_size: tuple[int, int]) -> Figure:
     attention mask (eq. 2: identity over the class tokens, then the flattened grid)."""
     masks = masks.float()
     on_grid = binarize_masks(masks, grid_size)
-    attention = class_token_attention_mask(masks, grid_size)
+    attention = class_token_attention_mask(on_grid.flatten(1))
     count = masks.shape[0]
     fig = Figure(figsize=(2.2 * count + 4.5, 4.6))
     grid = fig.add_gridspec(2, count + 1, width_ratios=[1] * count + [2.2])
