@@ -46,8 +46,6 @@ from open_clip.model import CustomTextCLIP, convert_to_custom_text_state_dict
 from open_clip.transformer import QuickGELU
 from torch import nn
 
-from .config import ExperimentConfig, load
-
 __all__ = ["AuthorsCheckpoint", "read_checkpoint", "is_authors_checkpoint", "load_into_clip",
            "apply_finetuned", "resize_pos_embed_like_authors", "config_for_checkpoint"]
 
@@ -359,13 +357,12 @@ def _check_base(visual: nn.Module, state: dict, checkpoint: AuthorsCheckpoint) -
                 f"the checkpoint) or with the weights it started from (pretrained='openai').")
 
 
-def config_for_checkpoint(config, checkpoint) -> ExperimentConfig:
+def config_for_checkpoint(config, checkpoint):
     """``config`` with ``model.pretrained`` set to ``checkpoint`` when that is an authors' file.
 
     Their file holds the whole CLIP (text tower included), so eval/predict load both towers from it and
     need no separate OpenAI download; any other checkpoint leaves the config as it is.
     """
-    config = load(config)
     if checkpoint is None or isinstance(checkpoint, Mapping) or not is_authors_checkpoint(checkpoint):
         return config
     config = copy.deepcopy(config)

@@ -20,7 +20,6 @@ class (false negative) without a false positive for any class. All metrics are p
 """
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Sequence
@@ -215,7 +214,7 @@ def evaluate_config(config: ExperimentConfig | dict | str, checkpoint: str | Pat
     The metrics go to ``out`` (default ``eval.out``, default ``outputs/eval/<name>.json``); an existing
     file is never replaced unless ``overwrite``. Returns the written dict (with ``path``).
     """
-    config = config_for_checkpoint(copy.deepcopy(config), checkpoint)  # an authors' file brings its own CLIP
+    config = config_for_checkpoint(load(config), checkpoint)  # an authors' file brings its own CLIP
     settings = config.eval
     path = metrics_path(config, out)
     # fail before the (long) evaluation, not after

@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from .masks import MASK_THRESHOLD, binarize_masks
+from .masks import binarize_masks
 
 
 class ProposalEmbeddings(list):
