@@ -207,7 +207,7 @@ def visualizations(stats: dict) -> str:
             f"{gap_maft:+.2f}.")
     if gap_maft != gap_maft or gap_frozen != gap_frozen:  # NaN: no whole or no poorer proposal was drawn
         return text + " Without both kinds among the drawn proposals, the gap cannot be compared."
-    if round(gap_maft - gap_frozen, 2) > 0:
+    if round(gap_maft, 2) > round(gap_frozen, 2):  # judged on the gaps as printed above
         return text + (" MAFT widened the gap in favour of the whole object, as the paper's Fig. 7 shows: the "
                        "whole object wins more clearly after mask-aware fine-tuning.")
     return text + (" MAFT did not widen the gap in favour of the whole object here (the paper's Fig. 7 shows it "
