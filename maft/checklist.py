@@ -165,13 +165,13 @@ def visualization_checks(stats: dict) -> list[Check]:
     ]
 
 
-def sam_checks(metrics: dict | None) -> list[Check]:
-    if metrics is None:
-        return []
+def sam_checks(metrics: dict | None, message: str | None = None) -> list[Check]:
+    claim = "MAFT helps on SAM's proposals too (Table 5)"
+    if metrics is None:  # skipped (no SAM weights): the claim stays on the list, unmeasured
+        return [Check(claim, None, f"not measured: {message or 'SAM did not run'}")]
     rows = metrics["rows"]
     frozen, maft = _row(rows, "SAM + frozen IP-CLIP") or {}, _row(rows, "SAM + MAFT") or {}
-    return [_greater("MAFT helps on SAM's proposals too (Table 5)", maft.get("hiou"), frozen.get("hiou"),
-                     "SAM + MAFT", "SAM + frozen", "hIoU")]
+    return [_greater(claim, maft.get("hiou"), frozen.get("hiou"), "SAM + MAFT", "SAM + frozen", "hIoU")]
 
 
 # ------------------------------------------------------------------------------------------ files and tables

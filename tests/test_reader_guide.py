@@ -162,3 +162,11 @@ def test_a_run_is_quiet_one_line_per_notebook(tmp_path, capfd):
     assert len(lines) == 2, lines
     assert re.fullmatch(r"\[1/2\] 00_first \.\.\. \d+ s", lines[0]) and lines[1].startswith("[2/2] 01_second ... ")
     assert (tmp_path / "out" / "index.html").is_file() and (tmp_path / "out" / "checklist.json").is_file()
+
+
+def test_a_skipped_sam_notebook_lists_its_claim_as_not_measured():
+    check, = checklist.sam_checks(None, "SAM checkpoint not found")
+    assert check.passed is None and check.line() == ("– MAFT helps on SAM's proposals too (Table 5): not measured: "
+                                                     "SAM checkpoint not found")
+    rows = {"rows": [{"classifier": "SAM + frozen IP-CLIP", "hiou": 30.0}, {"classifier": "SAM + MAFT", "hiou": 28.0}]}
+    assert checklist.sam_checks(rows)[0].passed is False
