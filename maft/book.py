@@ -70,7 +70,9 @@ def _nav(previous: tuple[str, str] | None, following: tuple[str, str] | None, po
 
 
 def _toc(headings: Sequence[tuple[int, str, str]]) -> str:
-    items = [f'<li style="margin-left:{(level - 2) * 1.2}em"><a href="#{html.escape(ident)}">{html.escape(text)}</a></li>'
+    # a class on the links: the report's own links (to the notebooks) stay plain <a href=...>
+    items = [f'<li style="margin-left:{(level - 2) * 1.2}em"><a class="maft-book-toc-link" '
+             f'href="#{html.escape(ident)}">{html.escape(text)}</a></li>'
              for level, ident, text in headings if level >= 2]
     if not items:
         return ""
