@@ -207,3 +207,42 @@ def test_notebook_check_catches_outputs(tmp_path):
     nbformat.write(executed, tmp_path / "executed.ipynb")
     problems = notebook_problems(tmp_path / "executed.ipynb")
     assert len(problems) == 3, problems
+
+
+# ---------------------------------------------------------------------------------------------- lock file
+
+
+def lock_pins() -> dict[str, str]:
+    """name -> exact version of requirements.lock (every line ``name==version``)."""
+    pins = {}
+    for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        specs = list(requirement.specifier)
+        assert len(specs) == 1 and specs[0].operator == "==", f"requirements.lock: {line!r} is not an exact pin"
+        pins[canonicalize_name(requirement.name)] = specs[0].version
+    return pins
+
+
+def test_lock_pins_every_declared_dependency_within_its_range():
+    pins = lock_pins()
+    problems = []
+    for name, (_, specifier, marker) in pyproject_requirements().items():
+        if marker and not Marker(marker).evaluate():
+            continue
+        if name not in pins:
+            problems.append(f"{name} is declared in pyproject.toml but not pinned in requirements.lock")
+        elif not specifier.contains(pins[name], prereleases=True):
+            problems.append(f"requirements.lock pins {name}=={pins[name]}, outside pyproject.toml's {specifier}")
+    assert not problems, problems
+    for name, local in LOCAL_TORCH.items():  # the lock admits the torch build on this kind of machine's disk
+        assert pins[name] == local, f"requirements.lock pins {name}=={pins[name]}, not the local {local}"
+
+
+def test_make_installs_from_the_lock():
+    result = subprocess.run(["make", "-n", "-B", "test"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    installs = [line for line in result.stdout.splitlines() if "pip install" in line and "-e" in line]
+    assert installs and all("-c requirements.lock" in line for line in installs), installs

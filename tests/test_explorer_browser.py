@@ -8,6 +8,9 @@ the browser console must stay free of errors.
 Notebook 06 runs with the smoke profile's parameters and the checkpoint of the session's smoke run
 (``smoke_run`` in conftest.py), so it takes seconds. Without Chromium or Playwright the test skips and
 says what to install; under CI (``CI`` set), where ``.ci/run`` installs both, it fails instead.
+
+The same browser also reads the smoke run's HTML book from disk (index, next to the end, previous back
+to the index) and runs notebook 00 as shipped with "Run All", which must run the demo profile.
 """
 from __future__ import annotations
 
@@ -246,3 +249,82 @@ def test_the_explorer_redraws_on_every_control_in_a_real_browser(jupyterlab, smo
         finally:
             browser.close()
     assert not console_errors, "browser console errors:\n" + "\n".join(console_errors)
+
+
+def _browser(playwright):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def test_the_html_book_is_read_with_next_and_previous_links(smoke_run):
+    """outputs/<profile>/index.html opened from disk: following "next" from the index visits every
+    notebook in order and ends on the report; "previous" walks back to the index."""
+    _require_browser()
+    from playwright.sync_api import sync_playwright
+
+    out, runs = smoke_run
+    expected = [Path(r.notebook).stem + ".html" for r in runs] + ["report.html"]
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page()
+            page.goto((out / "index.html").as_uri())
+            listed = page.locator("ol.maft-book-pages > li h2 a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+            assert listed == expected
+            assert page.locator("ol.maft-book-pages").get_by_text("From the paper:").count() == len(runs)
+            visited = []
+            while page.locator("nav[data-position=top] a.maft-book-next").count():
+                page.locator("nav[data-position=top] a.maft-book-next").click()
+                page.wait_for_load_state()
+                visited.append(page.url.rsplit("/", 1)[-1])
+                # every page: its own table of contents, whose first link leads to a heading on it
+                toc = page.locator(".maft-book-toc a")
+                assert toc.count() >= 1, visited[-1]
+                target = toc.first.get_attribute("href")
+                assert page.locator(f"[id='{target[1:]}']").count() == 1, (visited[-1], target)
+            assert visited == expected
+            assert page.locator("h2", has_text="What you should see").count() == 1  # the report's checklist
+            back = []
+            while page.url.rsplit("/", 1)[-1] != "index.html":
+                page.locator("nav[data-position=bottom] a.maft-book-prev").click()
+                page.wait_for_load_state()
+                back.append(page.url.rsplit("/", 1)[-1])
+            assert back == expected[-2::-1] + ["index.html"]
+        finally:
+            browser.close()
+
+
+def test_run_all_in_jupyterlab_without_papermill_runs_the_demo_profile(jupyterlab, tmp_path):
+    """Notebook 00 as shipped, in a fresh kernel: its parameter defaults are the demo profile's, so Run
+    All writes the demo's outputs (../outputs/demo beside the notebooks folder) without papermill."""
+    from playwright.sync_api import sync_playwright
+
+    base, token, root = jupyterlab
+    folder = root / "notebooks"
+    folder.mkdir()
+    shutil.copy(series.NOTEBOOK_DIR / "00_setup_and_data.ipynb", folder)
+    with sync_playwright() as playwright:
+        browser = _browser(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/lab/tree/notebooks/00_setup_and_data.ipynb?token={token}")
+            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=TIMEOUT_MS)
+            _wait_for_kernel(base, token, "notebooks/00_setup_and_data.ipynb")
+            page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']") \
+                .wait_for(timeout=TIMEOUT_MS)
+            page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
+            page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
+            choose = page.locator(".jp-Dialog").get_by_role("button", name="Select")
+            try:
+                choose.wait_for(timeout=3000)
+                choose.click()
+            except Exception:  # Playwright's TimeoutError: no dialog, the cells are running
+                pass
+            page.get_by_text("What you should see.").first.wait_for(timeout=TIMEOUT_MS)
+            page.get_by_text("From the paper:").first.wait_for(timeout=TIMEOUT_MS)
+            errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+            assert errors.count() == 0, errors.all_inner_texts()
+        finally:
+            browser.close()
+    metrics = json.loads((root / "outputs" / "demo" / "metrics" / "00.json").read_text())
+    assert metrics["dataset"] == series.load_profile("demo")["config"]  # the demo's config, "world"
+    assert (root / "outputs" / "demo" / "checklist" / "00.json").is_file()

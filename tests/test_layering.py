@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "maft"
 SUBPACKAGES = {"cli", "data", "downloads", "notebook", "proposals", "studies", "utils", "viz", "world"}

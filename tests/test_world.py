@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from maft import world
 from maft.world import WorldDataset, load_world_spec, render_scene, shape_mask
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mistune
 from nbconvert import HTMLExporter
+from traitlets.config import Config
 
 _MIME_BY_SUFFIX = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                    ".svg": "image/svg+xml"}
@@ -38,7 +39,9 @@ def notebook_to_html(notebook: str | Path, html_path: str | Path | None = None) 
     html_path = Path(html_path) if html_path else notebook.with_suffix(".html")
     # nbconvert writes an executed notebook's image outputs as data URIs already; embed_images does
     # the same for images that Markdown cells link by path.
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    # cells tagged remove_input (the guide's header, checklist and exercises) show only their output
+    config = Config({"TagRemovePreprocessor": {"enabled": True, "remove_input_tags": {"remove_input"}}})
+    exporter = HTMLExporter(template_name="lab", embed_images=True, config=config)
     body, _ = exporter.from_filename(str(notebook), resources={"metadata": {"path": str(notebook.parent)}})
     html_path.write_text(body, encoding="utf-8")
     return html_path

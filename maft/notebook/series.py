@@ -5,11 +5,27 @@ file works with plain papermill (``papermill -f notebooks/profiles/demo.yaml ...
 ``output_dir`` (``outputs/<profile>/``), executes the notebooks in order, stops at the first failure
 naming the notebook and cell, and joins the notebooks' report sections into ``report.md``. Each executed
 notebook and the report are also written as single-file HTML with their figures embedded
-(``NN_name.html``, ``report.html``), for readers without Jupyter.
+(``NN_name.html``, ``report.html``), for readers without Jupyter, linked into a book by ``index.html``
+(:mod:`maft.notebook.book`). Each notebook's checklist (:mod:`maft.notebook.checklist`) is gathered into ``checklist.json``
+and the report.
+
+A run into the default folder (``outputs/<profile>/``) with the repository's notebooks also keeps its
+measurements in the repository: the wall time of each notebook in ``notebooks/timings.yaml`` (which the
+notebooks' headers show) and the checklist in ``notebooks/checklists.json`` (from which the README's
+checklist section is regenerated).
+
+Runs are quiet: papermill's warnings about parameter lines it cannot parse (values followed by a
+comment; the runner reads parameters with ``ast`` and passes only declared names) are filtered, the
+kernel talks over IPC instead of unencrypted TCP (whose warning ipykernel prints to the terminal), and
+the runner prints one line per notebook with its time.
 """
 from __future__ import annotations
 
 import ast
+import json
+import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +35,39 @@ import papermill
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from .prerequisites import describe_steps, fetch_profile
-from .html_export import notebook_to_html, report_to_html
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import CaselessStrEnum
+
 from ..utils.paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
-from ..utils.progress import progress_bar
+from . import checklist, guide
+from .book import build_book
+from .guide import format_seconds
+from .html_export import notebook_to_html, report_to_html
+from .prerequisites import describe_steps, fetch_profile
 from .report import build_report
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 PROFILE_DIR = NOTEBOOK_DIR / "profiles"
+
+
+class IPCKernelManager(AsyncKernelManager):
+    """A kernel reached over IPC sockets (files in Jupyter's runtime folder) instead of TCP on localhost:
+    nothing listens on a port, and ipykernel has no unencrypted-TCP warning to print."""
+
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp" if os.name == "nt" else "ipc", config=True)
+
+
+class _ParameterParseNoise(logging.Filter):
+    """Drops papermill's "Unable to parse line" / "Passed unknown parameter" warnings: they come from its
+    line parser, which gives up on a parameter line that ends in a comment, and then calls each value
+    it was given unknown. The runner passes only names that ``declared_parameters`` found with ``ast``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not message.startswith(("Unable to parse line", "Passed unknown parameter"))
+
+
+_QUIET = _ParameterParseNoise()
 
 
 class NotebookFailed(RuntimeError):
@@ -81,9 +122,11 @@ def load_profile(profile: str) -> dict:
 
 def run_series(profile: str = "demo", only: list[str] | None = None, output_dir: str | Path | None = None,
                kernel_name: str | None = None, progress: bool = True,
-               notebook_dir: str | Path = NOTEBOOK_DIR) -> list[NotebookRun]:
+               notebook_dir: str | Path = NOTEBOOK_DIR, record: bool | None = None) -> list[NotebookRun]:
     """Execute the series for ``profile``; executed notebooks (``.ipynb`` and ``.html``), figures,
-    metrics, report.md and report.html go to ``outputs/<profile>/`` (or ``output_dir``)."""
+    metrics, checklist.json, report.md, report.html and index.html go to ``outputs/<profile>/`` (or
+    ``output_dir``). ``record``: keep times and checklist in the repository (default: only for the
+    repository's notebooks run into the profile's own folder)."""
     parameters = load_profile(profile)
     out = Path(output_dir) if output_dir else outputs_dir(parameters["profile"], create=False)
     check_output_path(out, "--output-dir" if output_dir else "the profile's output folder", directory=True)
@@ -102,30 +145,57 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
     steps = fetch_profile(parameters, progress=progress)
     if steps and progress:
         print(f"profile {parameters['profile']}: data and proposals\n{describe_steps(steps)}")
-    for notebook in progress_bar(notebooks, desc=f"notebooks ({parameters['profile']})", unit="nb",
-                                 disable=not progress):
+    # installed on papermill's loggers for the whole process: a filter is a no-op when already there
+    for name in ("papermill", "papermill.translators"):
+        logging.getLogger(name).addFilter(_QUIET)
+    for i, notebook in enumerate(notebooks, 1):
         executed = out / notebook.name
+        if progress:
+            print(f"[{i}/{len(notebooks)}] {notebook.stem} ...", end="", flush=True)
         start = time.perf_counter()
         try:
             mine = {k: v for k, v in parameters.items() if k in declared[notebook]}
             papermill.execute_notebook(str(notebook), str(executed), parameters=mine,
                                        kernel_name=kernel_name, cwd=str(notebook_dir),
-                                       progress_bar=False)
+                                       progress_bar=False, kernel_manager_class=IPCKernelManager)
         except PapermillExecutionError as error:
+            if progress:
+                print(f" failed after {format_seconds(time.perf_counter() - start)}", flush=True)
             raise NotebookFailed(
                 f"{notebook.name} failed in cell In[{error.exec_count}] `{error.source.strip().splitlines()[0]}` "
                 f"({error.ename}: {error.evalue}); "
                 f"the executed notebook up to the failure is {executed}") from None
         seconds = time.perf_counter() - start  # the notebook's own run time, not its HTML export
+        if progress:
+            print(f" {format_seconds(seconds)}", flush=True)
         runs.append(NotebookRun(notebook.name, executed, seconds, notebook_to_html(executed)))
+    series = [p.stem for p in list_notebooks(None, Path(notebook_dir))]
+    gathered = checklist.gather(out, series)
+    (out / "checklist.json").write_text(json.dumps({"profile": parameters["profile"], "notebooks": gathered},
+                                                   indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if record is None:  # the canonical run: the repository's notebooks into the profile's own folder
+        record = output_dir is None and Path(notebook_dir).resolve() == NOTEBOOK_DIR.resolve()
+    if record:
+        guide.record_timings(parameters["profile"], {Path(r.notebook).stem: r.seconds for r in runs})
+        guide.record_checklist(parameters["profile"], gathered)
+        guide.update_readme()
     report = build_report(out, f"MAFT notebook series: profile `{parameters['profile']}`",
-                          preamble=_preamble(parameters, runs))
+                          preamble=_preamble(parameters, runs, gathered))
     report_to_html(report)
+    build_book(out, series, parameters["profile"], checklist.summary(gathered) if gathered else None)
+    if progress and record:
+        print(f"recorded times in {guide.TIMINGS_FILE.relative_to(REPO_ROOT)} and the checklist in "
+              f"{guide.CHECKLISTS_FILE.relative_to(REPO_ROOT)} (README section updated)", file=sys.stderr)
     return runs
 
 
-def _preamble(parameters: dict, runs: list[NotebookRun]) -> str:
-    lines = ["Parameters:", "", "```yaml", yaml.safe_dump(parameters, sort_keys=True).rstrip(), "```", "",
-             "Executed notebooks:", ""]
+def _preamble(parameters: dict, runs: list[NotebookRun], gathered: dict | None = None) -> str:
+    lines = []
+    if gathered:
+        lines += ["## What you should see", "", "The paper's claims each notebook tests, checked on this run's "
+                  f"numbers (a cross is reported, never fatal): {checklist.summary(gathered)}", "",
+                  checklist.table(gathered), ""]
+    lines += ["Parameters:", "", "```yaml", yaml.safe_dump(parameters, sort_keys=True).rstrip(), "```", "",
+              "Executed notebooks:", ""]
     lines += [f"- [{run.notebook}]({run.notebook}) ({run.seconds:.0f} s)" for run in runs]
     return "\n".join(lines)
