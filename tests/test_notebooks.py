@@ -57,3 +57,12 @@ def test_profiles_only_set_declared_parameters():
     for profile in sorted(series.PROFILE_DIR.glob("*.yaml")):
         unknown = set(series.load_profile(str(profile))) - declared - {"profile"}
         assert not unknown, f"{profile.name} sets {sorted(unknown)}"
+
+
+def test_a_profile_with_ablations_runs_them_in_notebook_05():
+    """The parameter cells' defaults are the demo's (its story); a profile that lists ablations must say
+    `study: variants`, or notebook 05 would tell the world's story instead of running them."""
+    for profile in sorted(series.PROFILE_DIR.glob("*.yaml")):
+        parameters = series.load_profile(str(profile))
+        if parameters.get("ablations"):
+            assert parameters.get("study") == "variants", profile.name
