@@ -21,6 +21,7 @@ demo: $(VENV)/.installed
 notebooks: demo
 
 test: $(VENV)/.installed
+	$(VENV)/bin/ruff check maft tests
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Re-resolve the lock from pyproject.toml with uv, preferring the versions installed in $(VENV) (so

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from torch import nn
 from . import authors_checkpoints
 from .config import ExperimentConfig, load
 from .ipclip import IPCLIP, default_start_layer
-from .utils.paths import atomic_write
 from .trainable import vision_tower
+from .utils.paths import atomic_write
 
 CHECKPOINT_FORMAT = "maft-finetune-v1"
 

@@ -38,7 +38,6 @@ from .utils.paths import check_output_path, json_ready, resolve_output_path, wri
 from .utils.progress import progress_bar
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Ground truth checks and IoU with ground-truth regions
 # --------------------------------------------------------------------------------------------------

@@ -19,17 +19,18 @@ from typing import Any, Sequence
 import open_clip
 import torch
 
-from .crop_classifier import FrozenCLIP
 from .checkpoints import load_finetuned
 from .clip import load_clip
 from .config import ExperimentConfig, ModelConfig, ProposalsConfig, apply_overrides, load
+from .crop_classifier import FrozenCLIP
 from .data.datasets import build_dataset
 from .inference import Segmenter
 from .ipclip import IPCLIP
-from .utils import paths
 from .proposals import CachedProposals, build_proposal_generator, generator_record
 from .text import text_classifier
-from .world.pretrain import MODEL_NAME as WORLD_MODEL_NAME, ensure_world_clip
+from .utils import paths
+from .world.pretrain import MODEL_NAME as WORLD_MODEL_NAME
+from .world.pretrain import ensure_world_clip
 
 SPLITS = {"eval": ("eval_split", "eval"), "train": ("train_split", "train")}
 

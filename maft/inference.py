@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data.class_specs import check_class_names, class_key
 from .clip import clip_normalisation, preprocess_images
+from .data.class_specs import check_class_names, class_key
 from .masks import mask_on, resize_masks
 from .text import class_probabilities
 

@@ -32,9 +32,10 @@ import torch
 
 from .authors_checkpoints import config_for_checkpoint, is_authors_checkpoint
 from .checkpoints import load_checkpoint
-from .data.class_specs import check_class_names
 from .config import ExperimentConfig, ProposalsConfig, load
-from .data.datasets import read_image, read_label as read_label_file
+from .data.class_specs import check_class_names
+from .data.datasets import read_image
+from .data.datasets import read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
 from .inference import NO_PREDICTION, Segmenter

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .utils import paths
 from .data.class_specs import check_class_names
-from .utils.progress import progress_bar
 from .templates import TEMPLATES
+from .utils import paths
+from .utils.progress import progress_bar
 
 # Bump when the way text classifiers are computed changes, so old cache entries are never reused.
 _TEXT_CACHE_VERSION = 1

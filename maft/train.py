@@ -51,19 +51,18 @@ import torch
 import yaml
 from torch import nn
 
-from .data.augment import AugmentedDataset, TrainAugmentation, augmentation_settings
 from .checkpoints import check_resume_config, load_checkpoint, load_finetuned, save_checkpoint, set_rng_state
 from .clip import clip_normalisation, preprocess_images, tower_input_size
 from .config import load
-from .distributed import (Distributed, GlobalBatchSampler, WithProposals, collate_samples, seed_everything,
-                          seed_worker)
+from .data.augment import AugmentedDataset, TrainAugmentation, augmentation_settings
+from .distributed import Distributed, GlobalBatchSampler, WithProposals, collate_samples, seed_everything, seed_worker
 from .experiment import build_experiment, build_ipclip
 from .losses import batch_denominators, iou_targets, maft_objective
+from .proposals import CachedProposals
+from .trainable import norm_parameter_names, set_trainable
 from .utils.paths import check_output_path, resolve_output_path, write_json
 from .utils.progress import progress_bar
-from .proposals import CachedProposals
 from .utils.run_folder import claim_run_folder, interrupted, keep_steps_up_to
-from .trainable import norm_parameter_names, set_trainable
 
 
 class NonFiniteLossError(FloatingPointError, ValueError):

@@ -1,10 +1,12 @@
-"""maft.studies.experiment_runs and maft.studies.variants (what the notebooks compute) and the explorer, on hand-made cases and a tiny CLIP."""
+"""maft.studies.experiment_runs and maft.studies.variants (what the notebooks compute) and the explorer, on
+hand-made cases and a tiny CLIP."""
 import json
+
 import pytest
 import torch
 
-from maft.studies import experiment_runs, variants
 from maft import config, experiment
+from maft.studies import experiment_runs, variants
 from maft.viz.explorer import ProposalExplorer
 
 

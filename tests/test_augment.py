@@ -8,8 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maft.data.augment import (AUTHORS_AUGMENTATION, AugmentedDataset, TrainAugmentation, augmentation_settings,
-                          stream_generator)
+from maft.data.augment import (
+    AUTHORS_AUGMENTATION,
+    AugmentedDataset,
+    TrainAugmentation,
+    augmentation_settings,
+    stream_generator,
+)
 from maft.data.datasets import build_dataset
 from maft.proposals import Proposals
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from maft import authors_checkpoints
+from maft.checkpoints import load_finetuned
 from maft.clip import load_clip, resize_pos_embed
 from maft.ipclip import IPCLIP
-from maft.checkpoints import load_finetuned
 
 NAME = "maft-test-vit"
 

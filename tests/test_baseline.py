@@ -6,8 +6,8 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
 from maft.crop_classifier import MERGE_MODES, FrozenCLIP, mask_boxes
-from maft.masks import binarize_masks
 from maft.ipclip import IPCLIP, ProposalEmbeddings
+from maft.masks import binarize_masks
 
 
 def tiny_vit(image_size=32, patch_size=8, layers=2, seed=0):

@@ -6,9 +6,9 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
+from maft.ipclip import IPCLIP
 from maft.studies import bench
 from maft.studies.bench import benchmark, count_flops, parse_model_spec, ratio_rows, results_markdown
-from maft.ipclip import IPCLIP
 
 REQUIRED = {"method", "model", "resolution", "input_size", "n_proposals", "gflops", "latency_ms_median",
             "latency_runs", "device", "torch"}

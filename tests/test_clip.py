@@ -15,8 +15,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 
 from maft.clip import hub_offline, load_clip, preprocess_images, resize_pos_embed, set_image_size
-from maft.text import class_probabilities, readable_name, text_classifier
 from maft.templates import TEMPLATES
+from maft.text import class_probabilities, readable_name, text_classifier
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from maft import config as cfg
-from maft.utils import paths
 from maft.notebook import report
+from maft.utils import paths
 
 
 def test_override_sets_nested_values_parsed_as_yaml():

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from maft.utils import paths
 from maft.data.class_specs import available_datasets, check_class_names, load_class_spec, spec_from_dict
 from maft.data.datasets import DATASETS, SegDataset, build_dataset, class_image_counts, classes_per_image, read_image
 from maft.predict import load_image
+from maft.utils import paths
 
 SHARED = paths.REPO_ROOT.parent / "shared" / "data"
 VOC_UNSEEN = ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]

@@ -24,10 +24,11 @@ import yaml
 from filelock import FileLock
 from loopback_http import LoopbackServer
 
-from maft.downloads import registry as download_registry, verified
 from maft.cli import main as cli_main
 from maft.clip import load_clip
 from maft.data.datasets import DATASETS
+from maft.downloads import registry as download_registry
+from maft.downloads import verified
 from maft.downloads.verified import ChecksumError, DownloadInterrupted, MissingFileError, fetch, load_registry
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes

@@ -16,10 +16,11 @@ import yaml
 from loopback_http import LoopbackServer
 from test_prepare import VOC_PALETTE, fake_ade_full, label_8x8, save_jpg, save_png
 
-from maft.downloads import registry as download_registry, verified
-from maft.utils import paths
 from maft.cli import main as cli_main
 from maft.data.datasets import build_dataset
+from maft.downloads import registry as download_registry
+from maft.downloads import verified
+from maft.utils import paths
 
 VOC_IDS = ("2007_000001", "2007_000002", "2008_000003")
 

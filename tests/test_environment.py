@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import tomllib
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import nbformat
+import tomllib
 import yaml
 from packaging.markers import Marker
 from packaging.requirements import Requirement

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from maft.evaluate import evaluate, evaluate_config, mask_awareness, region_correlations
-from maft.proposals.quality import region_ious, upper_bound_map
 from maft.inference import NO_PREDICTION
 from maft.proposals import GTProposals, Proposals
+from maft.proposals.quality import region_ious, upper_bound_map
 
 # ------------------------------------------------------------------------------------------ a tiny world
 # Three classes painted in pure colours; a stand-in classifier that embeds a proposal by its mean colour
@@ -193,9 +193,9 @@ KEYS = {"miou", "miou_seen", "miou_unseen", "hiou", "per_class_iou", "pixel_acc"
 
 
 def test_end_to_end_on_voc_with_tiny_clip(tiny_clip):
-    from maft.text import text_classifier
     from maft.data.datasets import build_dataset
     from maft.ipclip import IPCLIP
+    from maft.text import text_classifier
 
     model, _, tokenizer = tiny_clip
     dataset = build_dataset("voc20", "val", max_images=4)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import copy
 
+import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-
-import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 

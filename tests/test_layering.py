@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "maft"
 SUBPACKAGES = {"cli", "data", "downloads", "notebook", "proposals", "studies", "utils", "viz", "world"}
 ENGINE = {"experiment", "train", "trainable", "distributed", "checkpoints", "evaluate", "predict"}

@@ -43,7 +43,9 @@ def test_series_runs_in_order_with_profile_parameters(series, tmp_path):
 def test_failure_names_notebook_and_cell(series, tmp_path):
     nb_dir, profile = series
     profile.write_text("value: 3\n")
-    with pytest.raises(runner.NotebookFailed, match=r"01_second.ipynb failed in cell In\[3\] `assert value == 2, 'value must be 2'` \(AssertionError: value must be 2\)"):
+    failure = (r"01_second.ipynb failed in cell In\[3\] `assert value == 2, 'value must be 2'` "
+               r"\(AssertionError: value must be 2\)")
+    with pytest.raises(runner.NotebookFailed, match=failure):
         runner.run_series(str(profile), output_dir=tmp_path / "out", notebook_dir=nb_dir, progress=False)
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from maft.utils import paths
 from maft.cli import main
+from maft.utils import paths
 from maft.utils.paths import check_output_path
+
 
 @pytest.fixture
 def blocker(tmp_path) -> Path:

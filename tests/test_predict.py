@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from maft.inference import NO_PREDICTION, ensemble_scores
-from maft.predict import load_image as read_image, parse_class_names, predict
+from maft.predict import load_image as read_image
+from maft.predict import parse_class_names, predict
 from maft.viz.figures import (
     figure_to_array,
     legend_entries,

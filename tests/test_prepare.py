@@ -14,10 +14,10 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from maft.utils import paths
 from maft.cli import main as cli_main
 from maft.data.datasets import build_dataset
 from maft.data.prepare import prepare_dataset
+from maft.utils import paths
 
 VOC_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [7] * (256 * 3 - 9)
 

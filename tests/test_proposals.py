@@ -10,11 +10,24 @@ import pytest
 import torch
 from PIL import Image
 
-from maft.utils.paths import dataset_dir
-from maft.proposals import (GT_KINDS, FileProposals, GTProposals, Mask2FormerProposals, Proposals,
-                            SAMProposals, build_proposal_generator, build_sam, export_proposals, load_mask2former,
-                            load_proposals, load_sam, proposal_iou, save_proposals)
+from maft.proposals import (
+    GT_KINDS,
+    FileProposals,
+    GTProposals,
+    Mask2FormerProposals,
+    Proposals,
+    SAMProposals,
+    build_proposal_generator,
+    build_sam,
+    export_proposals,
+    load_mask2former,
+    load_proposals,
+    load_sam,
+    proposal_iou,
+    save_proposals,
+)
 from maft.proposals.gt import _half_plane_part
+from maft.utils.paths import dataset_dir
 
 torch.set_num_threads(2)
 
@@ -266,8 +279,12 @@ def test_build_sam_gives_the_official_layout_and_load_sam_loads_weights_and_reje
 # Mask2Former (a tiny random transformers model, built offline)
 # --------------------------------------------------------------------------------------------------
 def tiny_mask2former(num_labels: int = 6, num_queries: int = 7):
-    from transformers import (Mask2FormerConfig, Mask2FormerForUniversalSegmentation,
-                              Mask2FormerImageProcessor, SwinConfig)
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1],
                           num_heads=[1, 1, 2, 2], window_size=4,

@@ -17,12 +17,12 @@ from loopback_http import LoopbackServer
 from test_download_data import md5, tar_of, use_voc_registry
 from test_prepare import VOC_PALETTE, save_jpg, save_png
 
-from maft.downloads import verified
 from maft import experiment
 from maft.config import load
+from maft.downloads import verified
 from maft.notebook.prerequisites import fetch_profile
-from maft.proposals import CachedProposals, Proposals, build_sam, generator_record, settings_digest
 from maft.notebook.series import load_profile, run_series
+from maft.proposals import CachedProposals, Proposals, build_sam, generator_record, settings_digest
 from maft.train import drawn_images
 
 torch.set_num_threads(2)

@@ -8,11 +8,10 @@ import torch
 
 import maft.losses as losses_module
 import maft.train as train_module
-from maft.config import load_config
-from maft.experiment import build_clip
 from maft.checkpoints import load_finetuned
-from maft.config import load
+from maft.config import load, load_config
 from maft.distributed import GlobalBatchSampler
+from maft.experiment import build_clip
 from maft.train import NonFiniteLossError, finetune
 from maft.trainable import set_trainable, trainable_parameter_names
 

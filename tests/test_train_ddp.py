@@ -18,10 +18,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_train import tiny_config
 
 from maft.train import finetune
-
-from test_train import tiny_config
 
 STEPS, BATCH, LR = 2, 4, 1e-5
 

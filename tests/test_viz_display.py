@@ -10,9 +10,9 @@ from IPython.core.formatters import DisplayFormatter
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
-from maft.viz import figures
 from maft.notebook.display import enable_notebook_figures, figure_png
 from maft.notebook.session import setup
+from maft.viz import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["sky", "road", "car", "tree"]

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..studies.bench import DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec, write_results
 from ..utils import paths
-from ..studies.bench import (DEFAULT_MODELS, DEFAULT_N, QUICK_MODELS, QUICK_N, benchmark, parse_model_spec,
-                        write_results)
 from ..utils.devices import check_device
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..downloads import verified, dataset_recipes
 from ..clip import resolve_pretrained
 from ..data.datasets import DATASETS
+from ..downloads import dataset_recipes, verified
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

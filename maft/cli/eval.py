@@ -5,8 +5,8 @@ import argparse
 from pathlib import Path
 
 from ..config import load
-from ..utils.devices import check_device
 from ..evaluate import evaluate_config, format_summary
+from ..utils.devices import check_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..utils.devices import check_device
 from ..predict import load_image, predict, predict_config, read_class_names_file
+from ..utils.devices import check_device
 from ..viz.figures import legend_entries
 from ..viz.prediction import check_outputs, write_outputs
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .class_specs import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
 from ..utils.paths import dataset_dir
-from .user_folder import resolve_spec
 from ..utils.progress import progress_bar
 from ..world import WorldDataset
+from .class_specs import ClassSpec, FolderSpec, apply_lookup, check_protocol, load_class_spec
+from .user_folder import resolve_spec
 
 DATASETS = ("voc20", "coco_stuff171", "ade150", "ade847", "pc59", "pc459")
 MODES = ("eval", "train")

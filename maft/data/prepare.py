@@ -36,11 +36,20 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from .class_specs import ClassSpec, load_class_spec
-from .datasets import (DATASETS, SegDataset, available_splits, class_image_counts, locate_dataset, open_image,
-                       read_label, rgb_array, size_mismatches)
 from ..utils.paths import check_output_path, data_roots
 from ..utils.progress import progress_bar
+from .class_specs import ClassSpec, load_class_spec
+from .datasets import (
+    DATASETS,
+    SegDataset,
+    available_splits,
+    class_image_counts,
+    locate_dataset,
+    open_image,
+    read_label,
+    rgb_array,
+    size_mismatches,
+)
 from .user_folder import resolve_spec
 
 ADE847_MAX_SIZE = 512

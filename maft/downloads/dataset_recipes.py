@@ -26,13 +26,12 @@ import open_clip
 import scipy.io
 from PIL import Image
 
-from ..utils.progress import progress_bar
-from ..data.class_specs import load_class_spec
 from ..clip import cached_tag_file  # the same cache lookup load_clip uses
+from ..data.class_specs import load_class_spec
 from ..data.prepare import prepare_dataset
-
-from .verified import MissingFileError, fetch, is_verified, missing_message, offline_mode, weights_dir
+from ..utils.progress import progress_bar
 from .registry import Recipe, Registry, load_registry
+from .verified import MissingFileError, fetch, is_verified, missing_message, offline_mode, weights_dir
 
 
 def download_dataset(benchmark: str, dst: str | os.PathLike = "data", downloads: str | os.PathLike | None = None,

@@ -40,8 +40,8 @@ import urllib3
 from filelock import FileLock
 
 from ..utils import paths
-from .registry import ARCHIVE_SUFFIXES, KnownFile, Registry, human_size, load_registry
 from ..utils.progress import progress_bar
+from .registry import ARCHIVE_SUFFIXES, KnownFile, Registry, human_size, load_registry
 
 VERIFIED_RECORD = ".maft-verified.json"
 DOWNLOAD_LOCK = ".maft-download.lock"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from .checklist import summary, table
 from ..utils.paths import REPO_ROOT
+from .checklist import summary, table
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 GUIDE_FILE = NOTEBOOK_DIR / "guide.yaml"

@@ -21,13 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..utils import paths
 from ..config import load
 from ..downloads.dataset_recipes import download_dataset
 from ..downloads.registry import load_registry
 from ..experiment import build_dataset_split, build_generator, proposal_section
 from ..proposals import CachedProposals
 from ..train import drawn_images
+from ..utils import paths
 
 
 @dataclass

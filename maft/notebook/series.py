@@ -33,9 +33,8 @@ from pathlib import Path
 import nbformat
 import papermill
 import yaml
-from papermill.exceptions import PapermillExecutionError
-
 from jupyter_client.manager import AsyncKernelManager
+from papermill.exceptions import PapermillExecutionError
 from traitlets import CaselessStrEnum
 
 from ..utils.paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml

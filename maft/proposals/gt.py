@@ -11,7 +11,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.ndimage import distance_transform_edt, label as connected_components
+from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import label as connected_components
 from skimage.segmentation import slic
 
 from .types import IGNORE_INDEX, Proposals, as_numpy

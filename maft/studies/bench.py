@@ -39,12 +39,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..crop_classifier import FrozenCLIP
 from ..clip import tower_input_size
+from ..crop_classifier import FrozenCLIP
 from ..experiment import build_clip, build_ipclip
+from ..notebook.report import markdown_table
 from ..utils.paths import write_json
 from ..utils.progress import progress_bar
-from ..notebook.report import markdown_table
 
 DEFAULT_MODELS = ("ViT-B-16:480", "maft-test-vit")
 QUICK_MODELS = ("maft-test-vit",)

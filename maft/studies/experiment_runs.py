@@ -15,8 +15,8 @@ import torch
 from ..config import apply_overrides, load
 from ..evaluate import evaluate
 from ..experiment import Experiment, build_experiment
-from .variants import summary_row
 from ..train import finetune
+from .variants import summary_row
 
 
 def evaluate_classifier(experiment: Experiment, classifier, max_images: int | None = None,
@@ -78,7 +78,8 @@ def images_with_several_kinds(dataset, generator, count: int,
     found = []
     for index in range(len(dataset)):
         proposals = generator(dataset[index])
-        if len(proposals) and proposals.kinds is not None and len(pick_proposals(proposals.kinds, proposals.source_class, kinds)) == len(kinds):
+        if (len(proposals) and proposals.kinds is not None
+                and len(pick_proposals(proposals.kinds, proposals.source_class, kinds)) == len(kinds)):
             found.append(index)
             if len(found) == count:
                 break

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..utils.paths import ASSETS_DIR
 from ..notebook.report import markdown_table
+from ..utils.paths import ASSETS_DIR
 
 RESULTS_FILE = ASSETS_DIR / "paper_results.yaml"
 COLUMNS = ("table", "method", "dataset", "metric", "paper", "measured", "difference")

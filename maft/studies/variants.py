@@ -22,8 +22,8 @@ import torch
 
 from ..config import apply_overrides
 from ..evaluate import evaluate_config
-from ..proposals.quality import region_ious
 from ..experiment import Experiment
+from ..proposals.quality import region_ious
 from ..train import finetune
 
 STUDY_KEYS = ("miou_seen", "miou_unseen", "hiou", "miou", "mask_awareness")
