@@ -44,6 +44,7 @@ from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
 from .masks import MASK_THRESHOLD, binarize_masks
+from .readout import class_token_self_only
 
 
 class ProposalEmbeddings(list):
@@ -329,11 +330,16 @@ class IPCLIP(nn.Module):
         proposals = self._pad_proposals(on_grid, num_queries, num_patches, x.device)
         identity = torch.eye(num_queries, dtype=torch.bool, device=x.device).expand(x.shape[0], -1, -1)
         query_mask = torch.cat([identity, proposals], dim=2)[:, None]
+        # A tower whose class token reads the image only from some block on (maft/readout.py, a stated
+        # assumption of the world model) keeps that in every block before it: there each class query
+        # attends only to itself, whatever its proposal.
+        self_only = torch.cat([identity, torch.zeros_like(proposals)], dim=2)[:, None]
         for block in blocks[self.start_layer:]:
+            mask = self_only if class_token_self_only(block) else query_mask
             if self._checkpointing():
-                x = checkpoint(self._masked_block, block, x, num_queries, query_mask, use_reentrant=False)
+                x = checkpoint(self._masked_block, block, x, num_queries, mask, use_reentrant=False)
             else:
-                x = self._masked_block(block, x, num_queries, query_mask)
+                x = self._masked_block(block, x, num_queries, mask)
 
         # LayerNorm acts per token, so ln_post-then-pool and pool-then-ln_post (final_ln_after_pool) agree.
         pooled = visual.ln_post(x[:, :num_queries])
