@@ -16,7 +16,7 @@ def test_kept_checkpoint_matches_the_code():
     assert hashlib.sha256(path.read_bytes()).hexdigest() == log["sha256"], "the kept file changed"
     assert log["settings"] == world_clip._settings(), f"pretraining defaults changed: run `{rebuild}`"
     current = world_clip.checkpoint_identity(world_clip._settings())
-    for part in ("world", "data", "model", "model_name", "settings"):
+    for part in ("world", "data", "model", "tower", "model_name", "settings"):
         assert log["identity"][part] == current[part], f"{part} changed since the kept CLIP: run `{rebuild}`"
     assert world_clip.kept_checkpoint_matches()
     assert world_clip.ensure_world_clip() == path  # no pretraining: the kept file is used
