@@ -1,4 +1,4 @@
-"""``maft world pretrain|zero-shot|story|show``: the offline world's tiny CLIP, its probe, the story."""
+"""``maft world pretrain|zero-shot|probe|sweep|story|show``: the offline world's tiny CLIP, its probe, the story."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from maft import paths, story
+from maft import layer_sweep, paths, story
 from maft.story import format_story
 from maft.world import pretrain
 from maft.world.draw import save_scene_grid
@@ -36,9 +36,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tell.add_argument("--start-layers", default=None,
                       help=f"comma-separated L to fine-tune at besides the default (default {story.START_LAYERS})")
     tell.add_argument("--checkpoint", default=None, help="world CLIP to use (default: the kept one)")
+    tell.add_argument("--sweep", default=None,
+                      help="the start-layer sweep's JSON (maft world sweep) to keep in the story; its selected L "
+                           "must be the config's model.start_layer")
+    tell.add_argument("--paper-start-layer", type=int, default=story.PAPER_START_LAYER,
+                      help=f"also tell the rows at this L when the config's differs (default "
+                           f"{story.PAPER_START_LAYER}, the paper's; -1: not)")
     tell.add_argument("--threads", type=int, default=None,
                       help="torch CPU threads (default: torch's; on a busy machine 1 is often fastest)")
     tell.add_argument("--no-progress", action="store_true")
+    probe = sub.add_parser("probe", help="is the world's CLIP like CLIP? late readout, patch locality, zero-shot, "
+                                         "class-context MI (world and real samples) -> JSON and PNG")
+    probe.add_argument("--checkpoint", default=None, help="world CLIP (default: the kept one)")
+    probe.add_argument("--out", default=None, help="default: outputs/world/probe.json (and .png beside it)")
+    probe.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean little)")
+    probe.add_argument("--no-real", action="store_true", help="skip the real VOC / COCO samples")
+    probe.add_argument("--record", action="store_true",
+                       help="also write the result into the checkpoint's JSON (its 'probe' key)")
+    sweep = sub.add_parser("sweep", help="the paper's procedure for L (Table 4e): fine-tune at each candidate start "
+                                         "layer, evaluate on the val split, select the best -> JSON")
+    sweep.add_argument("--candidates", default=",".join(map(str, layer_sweep.CANDIDATES)))
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--split", default="val")
+    sweep.add_argument("--out", default=None, help="default: outputs/world/start_layer_sweep.json")
+    sweep.add_argument("--config", default="world")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--checkpoint", default=None, help="world CLIP to use (default: the kept one)")
+    sweep.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean nothing)")
+    sweep.add_argument("--threads", type=int, default=None)
+    sweep.add_argument("--no-progress", action="store_true")
     show = sub.add_parser("show", help="save a grid of scenes (and their label maps) as a PNG")
     show.add_argument("--split", default="train")
     show.add_argument("--count", type=int, default=16)
@@ -77,11 +103,30 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "story":
         if args.threads is not None:
             torch.set_num_threads(args.threads)
-        layers = [int(v) for v in args.start_layers.split(",")] if args.start_layers else None
+        layers = [int(v) for v in args.start_layers.split(",") if v] if args.start_layers is not None else None
+        sweep = json.loads(Path(args.sweep).read_text()) if args.sweep else None
         result = story.run_story(seeds=args.seeds, out=args.out, quick=args.quick, config=args.config,
                                  overrides=args.overrides, checkpoint=args.checkpoint, start_layers=layers,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, sweep=sweep,
+                                 paper_start_layer=None if args.paper_start_layer < 0 else args.paper_start_layer)
         print(format_story(result))
+    elif args.action == "sweep":
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        try:
+            candidates = [int(v) for v in args.candidates.split(",")]
+        except ValueError:
+            raise ValueError(f"--candidates must be comma-separated ints, got {args.candidates!r}") from None
+        result = layer_sweep.sweep_start_layer(args.config, candidates, seed=args.seed, split=args.split,
+                                               out=args.out, overrides=args.overrides, checkpoint=args.checkpoint,
+                                               quick=args.quick, progress=not args.no_progress)
+        for row in result["rows"]:
+            print(f"L = {row['start_layer']:>2}: {args.split} mIoU-s {row['miou_seen']:.1f}  mIoU-u "
+                  f"{row['miou_unseen']:.1f}  hIoU {row['hiou']:.1f}")
+        print(f"selected L = {result['selected']} (highest {args.split} hIoU); written to "
+              f"{args.out or paths.outputs_dir('world', create=False) / 'start_layer_sweep.json'}")
+    elif args.action == "probe":
+        _run_probe(args)
     elif args.action == "show":
         target = paths.check_output_path(
             args.out or paths.outputs_dir("world", create=False) / f"{args.split}_scenes.png", "--out")
@@ -95,3 +140,37 @@ def _print_zero_shot(result: dict) -> None:
         r = result[kind]
         print(f"zero-shot {kind}: seen {100 * r['accuracy_seen']:.1f}%  unseen {100 * r['accuracy_unseen']:.1f}%  "
               f"(chance {100 * r['chance']:.1f}%, {r['scenes']} scenes)")
+
+
+def _run_probe(args: argparse.Namespace) -> None:
+    from maft.world.probe import probe as run_probe
+    from maft.world.probe_plot import plot_probe
+    from maft.viz import save_figure
+
+    target = paths.check_output_path(args.out or paths.outputs_dir("world", create=False) / "probe.json", "--out")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else pretrain.ensure_world_clip()
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"world CLIP checkpoint {checkpoint} not found (maft world pretrain makes one)")
+    result = run_probe(checkpoint, quick=args.quick, real=not args.no_real)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=1))
+    save_figure(plot_probe(result), target.with_suffix(".png"))
+    if args.record:
+        log_file = Path(f"{checkpoint}.json")
+        log = json.loads(log_file.read_text())
+        log["probe"] = result
+        log_file.write_text(json.dumps(log, indent=1))
+    readout = result["readout"]
+    curve = {p["k"]: p for p in readout["ablation"]}
+    k = min(8, readout["depth"])
+    print(f"single-thing zero-shot {100 * readout['full_accuracy']:.1f}%: keep-late K={k} "
+          f"{100 * curve[k]['keep_late']:.1f}%, keep-early K={k} {100 * curve[k]['keep_early']:.1f}%; "
+          f"class-token cosine to final at block {k}: {readout['cosine_to_final'][k]:.2f}")
+    print("patch probe by layer: " + " ".join(f"{100 * a:.0f}" for a in result["patch_probe"]["accuracy_by_layer"]))
+    for name, part in [("world thing vs surroundings", result["context"]["world_surroundings"]),
+                       ("world thing vs co-occurring thing", result["context"]["world_cooccurrence"])] + \
+            [(f"{r['dataset']} {r['split']} co-occurrence", r) for r in result["context"]["real"] if "excess_bits" in r]:
+        print(f"context MI, {name}: {part['excess_bits']:.3f} bits above shuffled ({part['pairs']} pairs)")
+    for key, value in result["targets"].items():
+        print(f"target {key}: {value['measured']} (target {value['target']}, met: {value['met']})")
+    print(f"written to {target} and {target.with_suffix('.png')} ({result['seconds']:.0f} s)")
