@@ -20,7 +20,10 @@ the literature's finding and the real-data measurement beside the world's.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -173,6 +176,7 @@ def probe(checkpoint=None, quick: bool = False, real: bool = True) -> dict:
     started = time.perf_counter()
     model, _, tokenizer = load_clip(MODEL_NAME, pretrained=str(checkpoint) if checkpoint else None)
     result = {"checkpoint": None if checkpoint is None else str(checkpoint), "quick": quick,
+              "checkpoint_sha256": None if checkpoint is None else hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest(),
               "literature": LITERATURE,
               "readout": readout(model, tokenizer, max_scenes=40 if quick else None),
               "patch_probe": patch_probe(checkpoint, scenes=6 if quick else 60, steps=20 if quick else 150)}
@@ -208,3 +212,37 @@ def targets(result: dict) -> dict:
         out[key] = {"measured": None if value is None else round(value, 4), "target": f"{comparison} {bound}",
                     "met": met}
     return out
+
+
+def recorded_probe(checkpoint) -> dict | None:
+    """The full probe recorded in ``<checkpoint>.json`` (``maft world probe --record``) when it was measured
+    on exactly this file (sha256), else None."""
+    if checkpoint is None:
+        return None
+    log_file = Path(f"{checkpoint}.json")
+    if not log_file.is_file():
+        return None
+    recorded = json.loads(log_file.read_text()).get("probe")
+    if not recorded or recorded.get("quick"):
+        return None
+    return recorded if recorded.get("checkpoint_sha256") == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest() else None
+
+
+def describe(result: dict) -> str:
+    """Markdown: the targets table and what the readout and context probes measured."""
+    from ..report import markdown_table  # report pulls in plotting; only the notebooks need this
+    readout = result["readout"]
+    curve = {p["k"]: p for p in readout["ablation"]}
+    k = min(8, readout["depth"])
+    context = result["context"]
+    real = ", ".join(f"{r['dataset']} {r['split']} {r['excess_bits']:.2f}" for r in context["real"] if "excess_bits" in r)
+    rows = [{"target": key, "bound": v["target"], "measured": v["measured"], "met": v["met"]}
+            for key, v in result["targets"].items()]
+    return (f"Single-thing zero-shot {100 * readout['full_accuracy']:.1f} % (chance {100 * readout['chance']:.0f} %). "
+            f"Blocks 0-{k - 1} mean-ablated (keep late): {100 * curve[k]['keep_late']:.1f} %; blocks {k}-"
+            f"{readout['depth'] - 1} mean-ablated (keep early): {100 * curve[k]['keep_early']:.1f} %. "
+            f"The class token's cosine with the final embedding entering block {k}: {readout['cosine_to_final'][k]:.2f}. "
+            f"Context, bits above shuffled: world thing vs surroundings "
+            f"{context['world_surroundings']['excess_bits']:.2f}, thing vs co-occurring thing "
+            f"{context['world_cooccurrence']['excess_bits']:.2f}" + (f"; real, class vs co-occurring class: {real}" if real else "")
+            + ".\n\n" + markdown_table(rows, digits=3))
