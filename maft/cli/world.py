@@ -1,4 +1,4 @@
-"""``maft world pretrain|zero-shot|probe|sweep|story|show``: the offline world's tiny CLIP, its probe, the story."""
+"""``maft world pretrain|zero-shot|probe|sweep|story|readme|show``: the offline world's tiny CLIP, its probe, the story."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tell.add_argument("--sweep", default=None,
                       help="the start-layer sweep's JSON (maft world sweep) to keep in the story; its selected L "
                            "must be the config's model.start_layer")
+    tell.add_argument("--frozen-start-layers", default=None,
+                      help=f"comma-separated L for the frozen IP-CLIP sweep (default {story.FROZEN_START_LAYERS})")
+    tell.add_argument("--paper-story", default=None,
+                      help="a story JSON told at the paper's L: its rows are reused (its seeds are recorded)")
     tell.add_argument("--paper-start-layer", type=int, default=story.PAPER_START_LAYER,
                       help=f"also tell the rows at this L when the config's differs (default "
                            f"{story.PAPER_START_LAYER}, the paper's; -1: not)")
@@ -65,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sweep.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean nothing)")
     sweep.add_argument("--threads", type=int, default=None)
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--attach", nargs=2, metavar=("SWEEP_JSON", "STORY_JSON"), default=None,
+                       help="run nothing: keep a finished sweep in a story told at the L it selected")
+    readme = sub.add_parser("readme", help="write the README's world section from the reference story JSON "
+                                           "(maft/assets/world_story.json); --check: only compare")
+    readme.add_argument("--story", default=None, help="default: maft/assets/world_story.json")
+    readme.add_argument("--check", action="store_true")
     show = sub.add_parser("show", help="save a grid of scenes (and their label maps) as a PNG")
     show.add_argument("--split", default="train")
     show.add_argument("--count", type=int, default=16)
@@ -105,11 +115,17 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         layers = [int(v) for v in args.start_layers.split(",") if v] if args.start_layers is not None else None
         sweep = json.loads(Path(args.sweep).read_text()) if args.sweep else None
+        frozen = ([int(v) for v in args.frozen_start_layers.split(",") if v]
+                  if args.frozen_start_layers is not None else None)
         result = story.run_story(seeds=args.seeds, out=args.out, quick=args.quick, config=args.config,
                                  overrides=args.overrides, checkpoint=args.checkpoint, start_layers=layers,
-                                 progress=not args.no_progress, sweep=sweep,
-                                 paper_start_layer=None if args.paper_start_layer < 0 else args.paper_start_layer)
+                                 progress=not args.no_progress, sweep=sweep, frozen_start_layers=frozen,
+                                 paper_start_layer=None if args.paper_start_layer < 0 else args.paper_start_layer,
+                                 paper_story=args.paper_story)  # read when needed: it may still be running
         print(format_story(result))
+    elif args.action == "sweep" and args.attach:
+        layer_sweep.attach(args.attach[1], json.loads(Path(args.attach[0]).read_text()))
+        print(f"{args.attach[0]} kept in {args.attach[1]} (start_layer_sweep)")
     elif args.action == "sweep":
         if args.threads is not None:
             torch.set_num_threads(args.threads)
@@ -127,6 +143,13 @@ def run(args: argparse.Namespace) -> int:
               f"{args.out or paths.outputs_dir('world', create=False) / 'start_layer_sweep.json'}")
     elif args.action == "probe":
         _run_probe(args)
+    elif args.action == "readme":
+        from maft import story_readme
+        agrees = story_readme.update_readme(story_path=args.story or story_readme.REFERENCE_STORY, check=args.check)
+        if args.check and not agrees:
+            raise ValueError(f"README.md's world section differs from {args.story or story_readme.REFERENCE_STORY}: "
+                             "run `maft world readme`")
+        print("README.md's world section " + ("agrees with" if args.check else "written from") + " the story JSON")
     elif args.action == "show":
         target = paths.check_output_path(
             args.out or paths.outputs_dir("world", create=False) / f"{args.split}_scenes.png", "--out")
@@ -165,7 +188,7 @@ def _run_probe(args: argparse.Namespace) -> None:
     k = min(8, readout["depth"])
     print(f"single-thing zero-shot {100 * readout['full_accuracy']:.1f}%: keep-late K={k} "
           f"{100 * curve[k]['keep_late']:.1f}%, keep-early K={k} {100 * curve[k]['keep_early']:.1f}%; "
-          f"class-token cosine to final at block {k}: {readout['cosine_to_final'][k]:.2f}")
+          f"class-token cosine to final entering block {k}: {readout['cosine_to_final'][k]:.2f}")
     print("patch probe by layer: " + " ".join(f"{100 * a:.0f}" for a in result["patch_probe"]["accuracy_by_layer"]))
     for name, part in [("world thing vs surroundings", result["context"]["world_surroundings"]),
                        ("world thing vs co-occurring thing", result["context"]["world_cooccurrence"])] + \
