@@ -26,6 +26,22 @@ def _order(mean: dict) -> str:
     return " < ".join(f"{NAMES[name]} {mean[name]['hiou']:.1f}" for name in rows)
 
 
+def _command(story: dict) -> str:
+    """The command line that told the story, from its settings."""
+    settings = story["settings"]
+    parts = [f"`maft world story --seeds {len(settings['seeds'])}",
+             f"--start-layers \"{','.join(map(str, settings['start_layers']))}\"",
+             f"--frozen-start-layers {','.join(map(str, settings['frozen_start_layers']))}"]
+    if story.get("start_layer_sweep"):
+        parts.append("--sweep outputs/world/start_layer_sweep.json")
+    text = " ".join(parts) + "`"
+    if story.get("paper_start_layer") is not None and len(story["at_start_layer"]) > 1:
+        text += (f", its L = {story['paper_start_layer']} rows told by the same command with "
+                 f"`--set model.start_layer={story['paper_start_layer']} --paper-start-layer -1` beside it and "
+                 "reused through `--paper-story`")
+    return text
+
+
 def _probe_lines(probe: dict | None) -> list[str]:
     if not probe:
         return ["The reference story holds no probe of its world CLIP (run `maft world probe --record`)."]
@@ -54,7 +70,7 @@ def world_section(story: dict) -> str:
     seeds = story["settings"]["seeds"]
     proposals = story["proposals"]
     lines = [
-        f"All numbers below come from `maft/assets/world_story.json` (`maft world story --seeds {len(seeds)}`, "
+        f"All numbers below come from `maft/assets/world_story.json` ({_command(story)}; "
         f"seeds {', '.join(map(str, seeds))}; mean ± std over seeds). Segmentation metrics (mIoU, hIoU, %) are "
         f"on the world's test split with label-free `{proposals['test']}` proposals; mask-awareness (mean "
         f"Spearman ρ between A^c and proposal IoU) on `{proposals['mask_awareness']}`-derived proposals; "
@@ -83,6 +99,10 @@ def world_section(story: dict) -> str:
         if not title.startswith("Table 4a"):
             where = "" if "in the paper" in title else f", at L = {selected}"
             lines += ["", f"**{title}{where}.**", "", table.strip()]
+    timing = f"this story {story['seconds']['total'] / 60:.1f} min"
+    if sweep and sweep.get("seconds") is not None:
+        timing = f"the sweep {sweep['seconds'] / 60:.1f} min, " + timing
+    lines += ["", f"Wall time on the shared 2-core CPU machine (other jobs running beside it): {timing}."]
     lines += ["", f"Paper (Table 4a, {story['paper']['dataset']}): "
                   + ", ".join(f"{name} {story['paper']['table_4a'][name]['hiou']} hIoU" for name in ROWS) + "."]
     return "\n".join(lines)
