@@ -91,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
             paths.check_output_path(target, "the zero-shot report")  # written after the pretraining
         if args.force or not path.is_file():
             pretrain.pretrain_world_clip(out=path, progress=not (args.no_progress or args.print_path), **settings)
+            if not args.print_path:  # the probe of issue 19 travels with the checkpoint (its JSON's "probe")
+                from maft.world.probe import probe as run_probe
+                log_file = Path(f"{path}.json")
+                log = json.loads(log_file.read_text())
+                log["probe"] = run_probe(path)
+                log_file.write_text(json.dumps(log, indent=1))
         if args.print_path:
             print(path)
             return 0
