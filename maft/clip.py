@@ -34,6 +34,7 @@ from torch import nn
 
 from . import authors_checkpoints
 from .downloads.verified import download_clip_weights, offline_mode
+from .readout import apply_class_token_readout, tower_assumptions
 from .utils.paths import PACKAGE_DIR
 
 __all__ = [
@@ -255,6 +256,11 @@ def load_clip(
         )
         tokenizer = open_clip.get_tokenizer(name)
     model.eval()
+    # A stated assumption of the tower (maft/readout.py), part of the model's config: honoured by every
+    # forward of every model built from this name.
+    assumptions = tower_assumptions(name, MODEL_CONFIG_DIR) if not name.startswith("local-dir:") else {}
+    if "class_token_reads_from" in assumptions:
+        apply_class_token_readout(model.visual, assumptions["class_token_reads_from"])
     if image_size is not None:
         if hasattr(model.visual, "positional_embedding") and hasattr(model.visual, "patch_size"):
             # the pretraining-size embedding, so a crop-and-classify copy at that size gets it back

@@ -37,13 +37,13 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from open_clip.modified_resnet import ModifiedResNet
-from open_clip.transformer import VisionTransformer
-
 from .masks import binarize_masks
+from .readout import class_token_self_only
 
 
 class ProposalEmbeddings(list):
@@ -337,11 +337,18 @@ class IPCLIP(nn.Module):
         x = torch.cat([queries, x[:, 1:]], dim=1)
         proposals = self._pad_proposals(on_grid, num_queries, num_patches, x.device)
         query_mask = class_token_attention_mask(proposals)[:, None]  # eq. 2, broadcast over heads
-        for block in blocks[self.start_layer:]:
+        # A tower whose class token reads the image only from some block on (maft/readout.py, a stated
+        # assumption of the world model) keeps that in every block before it: there each class query
+        # attends only to itself, whatever its proposal (eq. 2 with no patch on).
+        masked = blocks[self.start_layer:]
+        self_only = (class_token_attention_mask(torch.zeros_like(proposals))[:, None]
+                     if any(class_token_self_only(block) for block in masked) else None)
+        for block in masked:
+            mask = self_only if class_token_self_only(block) else query_mask
             if self._checkpointing():
-                x = checkpoint(self._masked_block, block, x, num_queries, query_mask, use_reentrant=False)
+                x = checkpoint(self._masked_block, block, x, num_queries, mask, use_reentrant=False)
             else:
-                x = self._masked_block(block, x, num_queries, query_mask)
+                x = self._masked_block(block, x, num_queries, mask)
 
         # LayerNorm acts per token, so ln_post-then-pool and pool-then-ln_post (final_ln_after_pool) agree.
         pooled = visual.ln_post(x[:, :num_queries])

@@ -16,7 +16,7 @@ def test_kept_checkpoint_matches_the_code():
     assert hashlib.sha256(path.read_bytes()).hexdigest() == log["sha256"], "the kept file changed"
     assert log["settings"] == world_clip._settings(), f"pretraining defaults changed: run `{rebuild}`"
     current = world_clip.checkpoint_identity(world_clip._settings())
-    for part in ("world", "data", "model", "model_name", "settings"):
+    for part in ("world", "data", "model", "tower", "model_name", "settings"):
         assert log["identity"][part] == current[part], f"{part} changed since the kept CLIP: run `{rebuild}`"
     assert world_clip.kept_checkpoint_matches()
     assert world_clip.ensure_world_clip() == path  # no pretraining: the kept file is used
@@ -39,3 +39,18 @@ def test_pretraining_is_bit_for_bit_reproducible(tmp_path):
     other = world_clip.pretrain_world_clip(out=tmp_path / "other.pt", steps=2, batch_size=8, warmup=1, seed=1,
                                            progress=False)["sha256"]
     assert other != digests[0]  # and the seed matters
+
+
+def test_kept_checkpoint_carries_its_probe_and_world_yaml_records_it():
+    """Issue 19: the probe measured on the kept file is in its JSON, and world.yaml's targets are its values."""
+    from maft.world import load_world_spec
+    from maft.world.probe import TARGETS, recorded_probe
+
+    path = world_clip.kept_checkpoint_path()
+    probe = recorded_probe(path)
+    assert probe is not None, "no full probe of this very file: run `maft world probe --record`"
+    recorded = load_world_spec().raw["targets"]
+    assert set(recorded) == set(TARGETS) == set(probe["targets"])
+    for key, value in probe["targets"].items():
+        assert recorded[key]["measured"] == value["measured"], key
+        assert recorded[key]["target"] == value["target"] and recorded[key]["met"] == value["met"], key

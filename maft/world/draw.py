@@ -50,9 +50,9 @@ def texture_blades(rng, h, w, colour, colour2):
     return _mix(colour, colour2, t) + rng.normal(0, 7, (h, w, 1))
 
 
-def texture_waves(rng, h, w, colour, colour2):
-    """Water: horizontal ripples, bent along x, with sparse bright crests."""
-    period = rng.uniform(4.5, 8)
+def texture_waves(rng, h, w, colour, colour2, period=(4.5, 8)):
+    """Water: horizontal ripples, bent along x, with sparse bright crests (``period`` range in pixels)."""
+    period = rng.uniform(*period)
     bend = rng.uniform(0.5, 2.0) * np.sin(2 * np.pi * np.arange(w) / rng.uniform(14, 30) + rng.uniform(0, 6.3))
     phase = 2 * np.pi * np.arange(h)[:, None] / period + bend[None, :] + rng.uniform(0, 6.3)
     crest = (0.5 + 0.5 * np.sin(phase)) ** 3
@@ -175,8 +175,13 @@ def _background(spec: WorldSpec, rng, stuff_ids: list[int], size: int) -> tuple[
     image = np.zeros((size, size, 3), np.float32)
     label = np.zeros((size, size), np.int64)
     for j, class_id in enumerate(stuff_ids):
-        params = spec.raw["stuff"][spec.classes[class_id]]
-        texture = TEXTURES[params["texture"]](rng, size, size, params["colour"], params["colour2"])
+        params = dict(spec.raw["stuff"][spec.classes[class_id]])
+        kind, colour, colour2 = params.pop("texture"), params.pop("colour"), params.pop("colour2")
+        jitter = spec.raw.get("stuff_colour_jitter", 0)
+        if jitter:  # one shift per band, both colours alike: siblings' colour ranges overlap
+            shift = rng.uniform(-jitter, jitter, 3)
+            colour, colour2 = np.asarray(colour) + shift, np.asarray(colour2) + shift
+        texture = TEXTURES[kind](rng, size, size, colour, colour2, **params)
         region = band == j
         image[region] = texture[region]
         label[region] = class_id
@@ -229,18 +234,24 @@ def _paint_thing(spec: WorldSpec, rng, image: np.ndarray, mask: np.ndarray, clas
     image[ys, xs] = pixels + (light + rng.normal(0, 3, len(ys)))[:, None]
 
 
-def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int]) -> list[dict]:
+def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int],
+                  on_stuff: list[int | None] | None = None) -> list[dict]:
     """Draw things one over another; a placement is retried while it would hide too much of what is
-    already there (a thing keeps ``min_visible`` of itself, every region keeps ``min_pixels``)."""
+    already there (a thing keeps ``min_visible`` of itself, every region keeps ``min_pixels``).
+    ``on_stuff[k]``: a stuff class thing k's centre must lie on (its habitat), or None."""
     cfg = spec.raw["things"]
     size = label.shape[0]  # things keep their pixel size on any canvas
     placed: list[dict] = []
     stuff_present = [int(c) for c in np.unique(label)]
-    for class_id in thing_ids:
+    bands = label.copy()  # the background alone: where a habitat is
+    on_stuff = on_stuff or [None] * len(thing_ids)
+    for class_id, habitat in zip(thing_ids, on_stuff):
         shape = str(rng.choice(cfg["shapes"]))  # shape is not part of the class
-        for _attempt in range(25):
+        for _attempt in range(25 if habitat is None else 40):
             radius = rng.uniform(*cfg["radius"])
             cx, cy = rng.uniform(0.5 * radius, size - 0.5 * radius, 2)
+            if habitat is not None and bands[min(int(cy), size - 1), min(int(cx), size - 1)] != habitat:
+                continue
             angle = 0.0 if shape == "circle" else rng.uniform(-0.5, 0.5)
             window, top, left = shape_mask(shape, cx, cy, radius, angle)
             mask = paste(window, top, left, size)
@@ -259,6 +270,31 @@ def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int]) -> l
     for thing in placed:
         thing["area"] = int((label == thing["class_id"]).sum())
     return placed
+
+
+def _choose_things(spec: WorldSpec, rng, count: int, stuff_ids: list[int]) -> tuple[list[int], list]:
+    """``count`` distinct thing classes and, per thing, the stuff band it must stand on (or None).
+
+    With probability ``context.strength`` a thing comes from the habitat of one of the scene's stuff
+    bands (chosen uniformly) and stands on it; otherwise it is any thing not yet chosen, anywhere.
+    Without a ``context`` section, things are independent of the stuff (the world before issue 19)."""
+    context = spec.raw.get("context")
+    if not context:
+        return [int(c) for c in rng.choice(spec.thing_ids, size=count, replace=False)], [None] * count
+    habitats = spec.habitats
+    chosen: list[int] = []
+    on_stuff: list[int | None] = []
+    for _ in range(count):
+        if rng.random() < context["strength"]:
+            stuff = int(rng.choice(stuff_ids))
+            options = [c for c in habitats[stuff] if c not in chosen]
+            if options:
+                chosen.append(int(rng.choice(options)))
+                on_stuff.append(stuff)
+                continue
+        chosen.append(int(rng.choice([c for c in spec.thing_ids if c not in chosen])))
+        on_stuff.append(None)
+    return chosen, on_stuff
 
 
 def _join(items: list[str]) -> str:
@@ -325,13 +361,16 @@ def _render(spec: WorldSpec, split: str, index: int, twin: bool) -> Scene:
         (low, high), regions = spec.scene_counts(split)
         stuff_ids = _choose_stuff(spec, rng, regions=regions)
         count = int(rng.integers(low, high + 1))
-        thing_ids = [int(c) for c in rng.choice(spec.thing_ids, size=count, replace=False)]
+        thing_ids, on_stuff = _choose_things(spec, rng, count, stuff_ids)
         if twin:
             thing_ids = _repatterned(spec, scene_rng(spec.seed, "pretrain-twin", index), thing_ids) or []
             if not thing_ids:  # a stuff-only scene, or no repatterning: an independent scene instead
                 return _render(spec, split, index, twin=False)
+    if split in ("single", "stuff_only"):
+        on_stuff = None  # the probes have no context
+    # (a twin keeps its original's places, drawn alike, though its new patterns lose the habitat)
     image, label = _background(spec, rng, stuff_ids, spec.scene_size(split))
-    things = _place_things(spec, rng, image, label, thing_ids)
+    things = _place_things(spec, rng, image, label, thing_ids, on_stuff)
     present_stuff = [c for c in stuff_ids if (label == c).any()]
     # wording from its own stream, so twins are worded alike
     caption_rng = scene_rng(spec.seed, f"{split}-caption", index - 1 if twin else index)

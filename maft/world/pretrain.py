@@ -35,10 +35,11 @@ from pathlib import Path
 import open_clip
 import torch
 
-from ..utils import paths
 from ..clip import MODEL_CONFIG_DIR, clip_normalisation, load_clip, preprocess_images, tower_input_size
-from ..utils.progress import progress_bar
+from ..readout import tower_assumptions
 from ..text import text_classifier
+from ..utils import paths
+from ..utils.progress import progress_bar
 from .dataset import WorldDataset
 from .spec import load_world_spec
 
@@ -82,11 +83,13 @@ def pretraining_data_fingerprint(count: int = FINGERPRINT_SCENES) -> str:
 
 
 def checkpoint_identity(settings: dict) -> dict:
-    """Everything the checkpoint depends on: world spec, pretraining data, model config, settings."""
+    """Everything the checkpoint depends on: world spec, pretraining data, model config and tower
+    assumptions, settings."""
     return {
         "world": load_world_spec().fingerprint,
         "data": pretraining_data_fingerprint(),
         "model": json.loads((MODEL_CONFIG_DIR / f"{MODEL_NAME}.json").read_text()),
+        "tower": tower_assumptions(MODEL_NAME, MODEL_CONFIG_DIR),  # e.g. the class token's readout block
         "model_name": MODEL_NAME,
         "settings": settings,
     }

@@ -54,6 +54,13 @@ class WorldSpec:
             raise ValueError(f"unknown world split {split!r}; world.yaml defines {sorted(sizes)}")
         return int(sizes[split])
 
+    @property
+    def habitats(self) -> dict[int, tuple[int, ...]]:
+        """Stuff class id -> the thing class ids that prefer it (``context.habitat``); {} without context."""
+        context = self.raw.get("context") or {}
+        return {self.classes.index(stuff): tuple(self.classes.index(t) for t in things)
+                for stuff, things in context.get("habitat", {}).items()}
+
     def thing_parts(self, class_id: int) -> tuple[str, str]:
         """(colour, pattern) of a thing class."""
         colour, pattern = self.classes[class_id].split(" ")
@@ -79,6 +86,7 @@ def _load_world_spec(path: str) -> WorldSpec:
     unknown = [name for name in raw["unseen"] if name not in classes]
     if unknown:
         raise ValueError(f"{path}: unseen classes {unknown} are not world classes {list(classes)}")
+    _check_context(raw.get("context"), things, stuff, path)
     return WorldSpec(
         raw=raw,
         classes=classes,
@@ -88,9 +96,30 @@ def _load_world_spec(path: str) -> WorldSpec:
         image_size=int(raw["image_size"]),
         canvas_size=int(raw["canvas"]["size"]) if raw.get("canvas") else int(raw["image_size"]),
         seed=int(raw["seed"]),
-        # of the parsed content, not the text: editing a comment must not invalidate cached checkpoints
-        fingerprint=f"{zlib.crc32(json.dumps(raw, sort_keys=True).encode()):08x}",
+        # of the parsed content, not the text: editing a comment must not invalidate cached checkpoints;
+        # nor recording what the probes measured (``targets``), which describes the world, not makes it
+        fingerprint=f"{zlib.crc32(json.dumps({k: v for k, v in raw.items() if k != 'targets'}, sort_keys=True).encode()):08x}",
     )
+
+
+def _check_context(context, things: list[str], stuff: list[str], path: str) -> None:
+    """Every habitat is a stuff class, and every thing class has exactly one habitat."""
+    if not context:
+        return
+    strength = context.get("strength")
+    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
+        raise ValueError(f"{path}: context.strength must be a number in [0, 1], got {strength!r}")
+    habitat = context.get("habitat") or {}
+    unknown = [s for s in habitat if s not in stuff]
+    if unknown:
+        raise ValueError(f"{path}: context.habitat names {unknown}, which are not stuff classes {stuff}")
+    listed = [t for members in habitat.values() for t in members]
+    wrong = sorted({t for t in listed if t not in things})
+    twice = sorted({t for t in listed if listed.count(t) > 1})
+    missing = [t for t in things if t not in listed]
+    if wrong or twice or missing:
+        raise ValueError(f"{path}: context.habitat must list every thing class once "
+                         f"(not things: {wrong}, twice: {twice}, missing: {missing})")
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:

@@ -30,17 +30,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..utils import paths
-from ..studies.bench import count_flops
 from ..clip import clip_normalisation, preprocess_images
 from ..config import apply_overrides, load
 from ..evaluate import evaluate_config
 from ..experiment import Experiment, build_experiment, build_ipclip, proposal_section
 from ..inference import classify_proposals
-from ..studies.paper_results import paper_value
 from ..notebook.report import markdown_table
+from ..studies.bench import count_flops
+from ..studies.paper_results import paper_value
 from ..studies.variants import confused_regions, mean_and_std, score_iou_points
 from ..train import finetune
+from ..utils import paths
 from . import load_world_spec
 from .pretrain import ensure_world_clip, zero_shot_accuracy
 
@@ -49,6 +49,7 @@ FINETUNED = {"ma_only": ["train.distill_weight=0"], "maft": []}        # Table 4
 ROWS = tuple(EVALUATED) + tuple(FINETUNED)
 PAPER_ROWS = {"crop": "FreeSeg", "frozen": "+ IP-CLIP", "ma_only": "+ ft (L_ma)", "maft": "+ ft (L_ma + L_dis)"}
 START_LAYERS = (0, 4, 10)             # Table 4e: fine-tuned at these L too; maft is the default L
+PAPER_START_LAYER = 8                 # the paper's L: its rows are told there too when the selected L differs
 FROZEN_START_LAYERS = (0, 2, 4, 6, 8, 10, 12)  # frozen IP-CLIP over the whole depth
 ITERATION_POINTS = 5                  # Table 4c: checkpoints at 1/5, 2/5, ... of the maft run
 CONFUSION_ROWS = ("frozen", "maft")   # the Fig. 1 count before and after MAFT (one more pass each)
@@ -198,6 +199,28 @@ def _mean_std_lists(per_seed: dict, key: str, by: str) -> tuple[list, list]:
     return mean, std
 
 
+def _summary(per_seed: dict) -> dict:
+    """Mean and std over seeds of the Table 4a rows, the iteration points and the start-layer points."""
+    rows_only = {seed: {name: entries[name] for name in ROWS} for seed, entries in per_seed.items()}
+    summary = mean_and_std(rows_only, ENTRY_KEYS)
+    for key, by in (("iterations", "iterations"), ("start_layer", "start_layer")):
+        summary["mean"][key], summary["std"][key] = _mean_std_lists(per_seed, key, by)
+    return summary
+
+
+def _probe_summary(probe: dict | None) -> dict | None:
+    """The probe's numbers of issue 19 item 2 (targets, readout curve, context MI), without the per-class detail."""
+    if probe is None:
+        return None
+    readout = probe["readout"]
+    return {"targets": probe["targets"], "full_accuracy": readout["full_accuracy"], "ablation": readout["ablation"],
+            "cosine_to_final": readout["cosine_to_final"], "class_token_reads_from": readout["class_token_reads_from"],
+            "patch_probe": probe["patch_probe"]["accuracy_by_layer"],
+            "context": {"world_surroundings": probe["context"]["world_surroundings"],
+                        "world_cooccurrence": probe["context"]["world_cooccurrence"],
+                        "real": probe["context"]["real"]}}
+
+
 def paper_table4() -> dict:
     """The paper's Table 4a rows (as the story names them), 4c and 4e, for printing beside ours."""
     metrics = ("mIoU^s", "mIoU^u", "hIoU")
@@ -216,10 +239,20 @@ def paper_table4() -> dict:
 def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False, config: str | dict = "world",
               overrides=(), checkpoint: str | os.PathLike | None = None, progress: bool = True,
               start_layers: Sequence[int] | None = None, frozen_start_layers: Sequence[int] | None = None,
-              points: int | None = None) -> dict:
+              points: int | None = None, sweep: dict | None = None, paper_start_layer: int | None = None,
+              probe: dict | None = None, paper_story: dict | str | os.PathLike | None = None) -> dict:
     """The story (module doc) as JSON in ``out`` (default outputs/world/story.json); run folders and
     per-run metrics go to ``<out stem>_runs/`` beside it. ``seeds``: a count or a list of seeds.
-    ``checkpoint``: a world CLIP to use instead of the kept one."""
+    ``checkpoint``: a world CLIP to use instead of the kept one.
+
+    The rows are told at the config's start layer, ``selected_start_layer`` (the world config sets the
+    one :mod:`maft.world.layer_sweep` selected on the val split; ``sweep``: that sweep's JSON, kept beside),
+    and again at ``paper_start_layer`` (``maft world story`` passes the paper's L = 8; None: not, the
+    demo's notebook 05, which tells the selected L only) under ``at_start_layer``.
+    ``probe``: the CLIP and context probe (default: the one recorded in the checkpoint's JSON).
+    ``paper_story``: a story already told at ``paper_start_layer`` with the same seeds (e.g. run beside
+    the start-layer sweep; a path is read when its rows are needed, after this story's own seeds, so the
+    two may run side by side); its rows are taken instead of fine-tuning again."""
     seeds = _seed_list(seeds)
     started = time.perf_counter()
     out = Path(out) if out is not None else paths.outputs_dir("world") / "story.json"
@@ -270,10 +303,34 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
         per_seed[str(seed)] = entries
         timings[f"seed {seed}"] = round(time.perf_counter() - tick, 1)
 
-    rows_only = {seed: {name: entries[name] for name in ROWS} for seed, entries in per_seed.items()}
-    summary = mean_and_std(rows_only, ENTRY_KEYS)
-    for key, by in (("iterations", "iterations"), ("start_layer", "start_layer")):
-        summary["mean"][key], summary["std"][key] = _mean_std_lists(per_seed, key, by)
+    summary = _summary(per_seed)
+    at_layer = {str(default_layer): {"per_seed": per_seed, **summary}}
+    if paper_story is not None and paper_start_layer is not None and paper_start_layer != default_layer:
+        if not isinstance(paper_story, dict):
+            paper_story = json.loads(Path(paper_story).read_text())
+        if str(paper_start_layer) not in paper_story.get("at_start_layer", {}):
+            raise ValueError(f"paper_story was not told at L = {paper_start_layer} "
+                             f"(it has {sorted(paper_story.get('at_start_layer', {}))})")
+        at_layer[str(paper_start_layer)] = paper_story["at_start_layer"][str(paper_start_layer)]
+    elif paper_start_layer is not None and paper_start_layer != default_layer:
+        tick = time.perf_counter()
+        at_paper = apply_overrides(base, [f"model.start_layer={paper_start_layer}"])
+        evaluated_paper = {"crop": evaluated["crop"],  # crop-and-classify has no start layer
+                           "frozen": _evaluate(at_paper, "frozen", runs / f"once_L{paper_start_layer}",
+                                               progress=progress)}
+        paper_seeds = {}
+        for seed in seeds:
+            entries = _run_seed(at_paper, seed, runs / f"L{paper_start_layer}_seed{seed}", evaluated_paper, (),
+                                points, progress)
+            for name in ROWS:
+                entries[name]["gflops"] = gflops["crop" if name == "crop" else "ipclip"]
+            entries["start_layer"] = [{"start_layer": paper_start_layer, **{
+                k: entries["maft"][k] for k in ("miou_seen", "miou_unseen", "hiou")}}]
+            paper_seeds[str(seed)] = entries
+        at_layer[str(paper_start_layer)] = {"per_seed": paper_seeds, **_summary(paper_seeds)}
+        timings[f"L = {paper_start_layer}"] = round(time.perf_counter() - tick, 1)
+    if probe is None and "probe" in pretrain_log:
+        probe = pretrain_log["probe"]
     spec = load_world_spec()
     test_proposals = proposal_section(base, "eval")
     story = {
@@ -281,7 +338,16 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
                       "mask_awareness": base["proposals"]["kind"], "test_settings": test_proposals["settings"]},
         "world": {"classes": list(spec.classes), "seen": list(spec.seen), "unseen": list(spec.unseen),
                   "image_size": spec.image_size, "canvas_size": spec.canvas_size, "fingerprint": spec.fingerprint},
-        "clip": {"checkpoint": str(checkpoint), "pretrain": {k: v for k, v in pretrain_log.items() if k != "losses"},
+        "selected_start_layer": default_layer,
+        "paper_start_layer": paper_start_layer,
+        "at_start_layer": {layer: {k: v for k, v in told.items() if k not in ("per_seed", "seeds")} | {
+            "seeds": sorted(int(seed) for seed in told["per_seed"]),  # a reused paper_story may have others
+            "per_seed": {seed: {name: e[name] for name in ROWS} for seed, e in told["per_seed"].items()}}
+            for layer, told in at_layer.items()},
+        "start_layer_sweep": sweep,
+        "probe": _probe_summary(probe),
+        "clip": {"checkpoint": str(checkpoint), "pretrain": {k: v for k, v in pretrain_log.items()
+                                                            if k not in ("losses", "probe")},
                  "final_loss": pretrain_log["losses"][-1], "zero_shot": zero_shot},
         "settings": {"seeds": seeds, "quick": quick, "start_layers": list(start_layers),
                      "frozen_start_layers": list(frozen_layers), "iteration_points": points, "config": base.to_dict()},
@@ -354,7 +420,8 @@ def story_tables(story: dict) -> dict[str, str]:
                 "paper hIoU (fine-tuned)": paper_layers[layer]["hiou"] if layer in paper_layers else "-"}
                for layer in layers]
     return {
-        f"Table 4a: components ({seeds} seeds; test proposals: {story['proposals']['test']}, mask-awareness on "
+        f"Table 4a: components at L = {story.get('selected_start_layer', story['settings']['config']['model']['start_layer'])} "
+        f"({seeds} seeds; test proposals: {story['proposals']['test']}, mask-awareness on "
         f"{story['proposals']['mask_awareness']}; paper: {paper['dataset']})": markdown_table(rows_4a),
         f"Table 4c: fine-tuning iterations (maft; {seeds} seeds)": markdown_table(rows_4c),
         "Table 4c in the paper": markdown_table(rows_4c_paper, digits=1),
