@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pretrain.add_argument("--seed", type=int, default=None)
     pretrain.add_argument("--steps", type=int, default=None)
     pretrain.add_argument("--batch-size", type=int, default=None)
-    pretrain.add_argument("--out", default=None, help="checkpoint file (default: the kept one in maft/assets/world_clip when it matches these settings, else the cache, keyed by settings)")
+    pretrain.add_argument("--out", default=None,
+                          help="checkpoint file (default: the kept one in maft/assets/world_clip when it matches "
+                               "these settings, else the cache, keyed by settings)")
     pretrain.add_argument("--force", action="store_true", help="pretrain even if a cached checkpoint exists")
     pretrain.add_argument("--print-path", action="store_true", help="print only the checkpoint path")
     pretrain.add_argument("--no-progress", action="store_true")

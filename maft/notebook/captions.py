@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..studies.variants import format_mean_std
+
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.1f}"
@@ -247,8 +249,8 @@ def story(result: dict) -> str:
     order = gap(frozen, frozen_s, crop, crop_s) and gap(maft, maft_s, frozen, frozen_s)
     text = [f"**What this means.** On test proposals that never saw a label ({result['proposals']['test']}), "
             f"over {seeds} seed(s): crop-and-classify {crop:.1f} hIoU, frozen IP-CLIP {frozen:.1f}, MAFT "
-            f"{maft:.1f} ± {maft_s:.1f} (fine-tuned with L_ma only: {mean['ma_only']['hiou']:.1f} ± "
-            f"{std['ma_only']['hiou']:.1f})."]
+            f"{format_mean_std(maft, maft_s)} (fine-tuned with L_ma only: "
+            f"{format_mean_std(mean['ma_only']['hiou'], std['ma_only']['hiou'])})."]
     if order:
         text.append("The paper's order holds: crop < frozen IP-CLIP < MAFT, each gap larger than the seed spread.")
     else:

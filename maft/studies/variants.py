@@ -42,42 +42,46 @@ def summary_row(name: str, metrics: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # Variants x seeds
 # --------------------------------------------------------------------------------------------------
-def _default_summary(name: str, metrics: dict, config: dict, trained: dict | None) -> dict:
+def evaluate_variant(name: str, config, folder: Path, trained: dict | None, device: str = "cpu",
+                     progress: bool = True) -> dict:
+    """The default measurement of one run: evaluated on its test proposals (``trained``: the fine-tuning
+    summary, None for the original weights), metrics JSON in ``folder/<name>.json``, the headline row."""
+    checkpoint = None if trained is None else trained["checkpoint"]
+    metrics = evaluate_config(config, checkpoint=checkpoint, out=folder / f"{name}.json", overwrite=True,
+                              device=device, progress=progress)
     return summary_row(name, metrics)
 
 
-def run_variants(config: dict, variants: dict, seeds: Sequence[int], out_dir, device: str = "cpu",
+def run_variants(config, variants: dict, seeds: Sequence[int], out_dir, device: str = "cpu",
                  frozen: dict | None = None, progress: bool = True,
-                 summarize: Callable[[str, dict, dict, dict | None], dict] = _default_summary) -> dict:
-    """Per seed: each frozen evaluation, then each variant fine-tuned and evaluated.
+                 measure: Callable[[str, dict, Path, dict | None], dict] | None = None,
+                 keys: Sequence[str] = STUDY_KEYS, folder_prefix: str = "") -> dict:
+    """The one study engine: per seed, each frozen entry measured, then each variant fine-tuned and measured.
 
     ``variants`` and ``frozen`` map names to config overrides (``frozen`` default ``{"frozen": []}``: the
-    original weights once per seed; ``{}`` for none). Run folders and metrics JSON go under
-    ``out_dir/seed<k>/<name>``. ``summarize(name, metrics, config, trained)`` makes each entry
-    (``trained``: the fine-tuning summary, None for frozen ones; default :func:`summary_row`).
-    Returns ``{"per_seed": {seed: {name: entry}}, "mean": ..., "std": ...}``.
+    original weights once per seed; ``{}`` for none). Run folders and metrics go under
+    ``out_dir/<folder_prefix>seed<k>/<name>``. ``measure(name, config, folder, trained)`` makes each entry
+    (``trained``: the fine-tuning summary, None for frozen entries; default :func:`evaluate_variant`).
+    Returns ``{"per_seed": {seed: {name: entry}}, "mean": ..., "std": ...}`` (mean and std of ``keys``).
     """
     out_dir = Path(out_dir)
     frozen = {"frozen": []} if frozen is None else frozen
+    if measure is None:
+        def measure(name, variant, folder, trained):
+            return evaluate_variant(name, variant, folder, trained, device=device, progress=progress)
     per_seed = {}
     for seed in seeds:
-        folder = out_dir / f"seed{seed}"
+        folder = out_dir / f"{folder_prefix}seed{seed}"
         seeded = apply_overrides(config, [f"seed={seed}"])
         entries = {}
         for name, changes in frozen.items():
-            variant = {**apply_overrides(seeded, list(changes)), "name": name}
-            metrics = evaluate_config(variant, out=folder / f"{name}.json", overwrite=True, device=device,
-                                      progress=progress)
-            entries[name] = summarize(name, metrics, variant, None)
+            entries[name] = measure(name, {**apply_overrides(seeded, list(changes)), "name": name}, folder, None)
         for name, changes in variants.items():
-            variant = apply_overrides(seeded, list(changes) + [f"train.out_dir={folder / name}"])
-            variant["name"] = name
+            variant = {**apply_overrides(seeded, list(changes) + [f"train.out_dir={folder / name}"]), "name": name}
             trained = finetune(variant, progress=progress, overwrite=True)
-            metrics = evaluate_config(variant, checkpoint=trained["checkpoint"], out=folder / f"{name}.json",
-                                      overwrite=True, device=device, progress=progress)
-            entries[name] = summarize(name, metrics, variant, trained)
+            entries[name] = measure(name, variant, folder, trained)
         per_seed[str(seed)] = entries
-    return {"per_seed": per_seed, **mean_and_std(per_seed)}
+    return {"per_seed": per_seed, **mean_and_std(per_seed, keys)}
 
 
 def mean_and_std(per_seed: dict, keys: Sequence[str] = STUDY_KEYS) -> dict:

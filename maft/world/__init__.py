@@ -3,8 +3,9 @@
 A scene is an RGB image with a pixel-exact label map: a background of 1-3 textured "stuff" bands (sky,
 grass, playingfield, water, sea, sand, brick, snow, road; playingfield and sea are confusable siblings)
 and 1-4 "things", each a colour x pattern compound ("red stripes", "blue dots", "purple blob", ...)
-drawn as a random shape; things prefer habitats among the stuff classes (``context`` in world.yaml). Everything the world is made of
-(classes, zero-shot split, colours, textures, caption wordings) lives in ``maft/assets/world.yaml``.
+drawn as a random shape; things prefer habitats among the stuff classes (``context`` in world.yaml).
+Everything the world is made of (classes, zero-shot split, colours, textures, caption wordings) lives in
+``maft/assets/world.yaml``.
 
 Scene ``i`` of split ``s`` is a pure function of ``(seed, s, i)``: every scene draws from its own
 random stream, so scenes can be generated on the fly, in any order, in any process. Each sample also

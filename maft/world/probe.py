@@ -243,5 +243,6 @@ def describe(result: dict) -> str:
             f"The class token's cosine with the final embedding entering block {k}: {readout['cosine_to_final'][k]:.2f}. "
             f"Context, bits above shuffled: world thing vs surroundings "
             f"{context['world_surroundings']['excess_bits']:.2f}, thing vs co-occurring thing "
-            f"{context['world_cooccurrence']['excess_bits']:.2f}" + (f"; real, class vs co-occurring class: {real}" if real else "")
+            f"{context['world_cooccurrence']['excess_bits']:.2f}"
+            + (f"; real, class vs co-occurring class: {real}" if real else "")
             + ".\n\n" + markdown_table(rows, digits=3))

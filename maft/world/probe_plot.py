@@ -39,7 +39,8 @@ def plot_probe(result: dict, reference: dict | None = None, reference_name: str 
     ax.plot(range(depth + 1), readout["cosine_to_final"], "o-", label="this CLIP")
     if reference is not None:
         ax.plot(range(depth + 1), reference["readout"]["cosine_to_final"], "o--", alpha=0.45, label=reference_name)
-    ax.set(xlabel="entering block (12 = final)", ylabel="cosine to final embedding", title="class token commits at", ylim=(-0.1, 1.05))
+    ax.set(xlabel="entering block (12 = final)", ylabel="cosine to final embedding", title="class token commits at",
+           ylim=(-0.1, 1.05))
     ax.legend(fontsize=7)
 
     ax = axes[2]

@@ -38,8 +38,7 @@ from ..inference import classify_proposals
 from ..notebook.report import markdown_table
 from ..studies.bench import count_flops
 from ..studies.paper_results import paper_value
-from ..studies.variants import confused_regions, mean_and_std, score_iou_points
-from ..train import finetune
+from ..studies.variants import confused_regions, format_mean_std, mean_and_std, run_variants, score_iou_points
 from ..utils import paths
 from . import load_world_spec
 from .pretrain import ensure_world_clip, zero_shot_accuracy
@@ -153,35 +152,39 @@ def _seed_list(seeds) -> list[int]:
     return seeds
 
 
-def _run_seed(base: dict, seed: int, folder: Path, evaluated: dict, start_layers, points: int,
-              progress: bool) -> dict:
-    """One seed: the GT-proposal measures of the frozen rows, then every fine-tuned run and its evaluations."""
-    seeded = apply_overrides(base, [f"seed={seed}"])
-    entries = {name: {**evaluated[name], **_evaluate(apply_overrides(seeded, EVALUATED[name]), f"{name}_gt",
-                                                     folder, on_gt=True, progress=progress)}
-               for name in EVALUATED}
-    iterations = int(seeded["train"]["iterations"])
+def _tell_seeds(base, seeds, runs: Path, evaluated: dict, start_layers, points: int, progress: bool,
+                folder_prefix: str = "") -> dict:
+    """Every seed of the story through the study engine (:func:`maft.studies.variants.run_variants`): the
+    GT-proposal measures of the frozen rows (their test-proposal metrics, ``evaluated``, are seed-free),
+    then every fine-tuned run and its evaluations. Returns ``{seed: {name: entry, "iterations": [...]}}``."""
+    iterations = int(load(base).train.iterations)
     every = max(1, iterations // points)
-    runs = {name: changes for name, changes in FINETUNED.items()}
-    runs.update({f"start_layer_{layer}": [f"model.start_layer={layer}"] for layer in start_layers})
-    for name, changes in runs.items():
-        extra = [f"train.checkpoint_every={every}"] if name == "maft" else ["train.checkpoint_every=0"]
-        variant = {**apply_overrides(seeded, list(changes) + extra + [f"train.out_dir={folder / name}"]),
-                   "name": name}
-        trained = finetune(variant, progress=progress, overwrite=True)
+    runs_to_train = {name: list(changes) + [f"train.checkpoint_every={every if name == 'maft' else 0}"]
+                     for name, changes in FINETUNED.items()}
+    runs_to_train.update({f"start_layer_{layer}": [f"model.start_layer={layer}", "train.checkpoint_every=0"]
+                          for layer in start_layers})
+
+    def measure(name: str, variant, folder: Path, trained: dict | None) -> dict:
+        if trained is None:  # a frozen row: its seeded GT-proposal measures beside the test metrics
+            return {**evaluated[name], **_evaluate(variant, f"{name}_gt", folder, on_gt=True, progress=progress)}
         entry = _evaluate(variant, name, folder, trained["checkpoint"], progress=progress)
         if name in FINETUNED:
             entry.update(_evaluate(variant, f"{name}_gt", folder, trained["checkpoint"], on_gt=True,
                                    progress=progress))
         entry["train_step_time_s"] = trained["step_time_s"]
-        entries[name] = entry
-        if name == "maft":
-            entries["iterations"] = [
+        if name == "maft":  # Table 4c: the intermediate checkpoints of this run
+            entry["iterations"] = [
                 {"iterations": int(path.stem.split("_")[1]),
                  **_evaluate(variant, f"maft_{path.stem}", folder, str(path), progress=progress)}
                 for path in sorted((folder / name / "checkpoints").glob("step_*.pt"))
             ] + [{"iterations": iterations, **{k: entry[k] for k in SEGMENTATION_KEYS}}]
-    return entries
+        return entry
+
+    told = run_variants(base, runs_to_train, seeds, runs, frozen=EVALUATED, progress=progress, measure=measure,
+                        keys=(), folder_prefix=folder_prefix)["per_seed"]
+    for entries in told.values():
+        entries["iterations"] = entries["maft"].pop("iterations")
+    return told
 
 
 def _mean_std_lists(per_seed: dict, key: str, by: str) -> tuple[list, list]:
@@ -289,10 +292,9 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
                              images=2 if quick else 20)
     timings["once"] = round(time.perf_counter() - started - timings["clip_and_probe"], 1)
 
-    per_seed = {}
-    for seed in seeds:
-        tick = time.perf_counter()
-        entries = _run_seed(base, seed, runs / f"seed{seed}", evaluated, start_layers, points, progress)
+    tick = time.perf_counter()
+    per_seed = _tell_seeds(base, seeds, runs, evaluated, start_layers, points, progress)
+    for entries in per_seed.values():
         for name in ROWS:
             entries[name]["gflops"] = gflops["crop" if name == "crop" else "ipclip"]
         entries["start_layer"] = sorted(
@@ -300,8 +302,7 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
              for name in entries if name.startswith("start_layer_")]
             + [{"start_layer": default_layer, **{k: entries["maft"][k] for k in ("miou_seen", "miou_unseen", "hiou")}}],
             key=lambda point: point["start_layer"])
-        per_seed[str(seed)] = entries
-        timings[f"seed {seed}"] = round(time.perf_counter() - tick, 1)
+    timings["seeds"] = round(time.perf_counter() - tick, 1)
 
     summary = _summary(per_seed)
     at_layer = {str(default_layer): {"per_seed": per_seed, **summary}}
@@ -318,15 +319,13 @@ def run_story(seeds=3, out: str | os.PathLike | None = None, quick: bool = False
         evaluated_paper = {"crop": evaluated["crop"],  # crop-and-classify has no start layer
                            "frozen": _evaluate(at_paper, "frozen", runs / f"once_L{paper_start_layer}",
                                                progress=progress)}
-        paper_seeds = {}
-        for seed in seeds:
-            entries = _run_seed(at_paper, seed, runs / f"L{paper_start_layer}_seed{seed}", evaluated_paper, (),
-                                points, progress)
+        paper_seeds = _tell_seeds(at_paper, seeds, runs, evaluated_paper, (), points, progress,
+                                  folder_prefix=f"L{paper_start_layer}_")
+        for entries in paper_seeds.values():
             for name in ROWS:
                 entries[name]["gflops"] = gflops["crop" if name == "crop" else "ipclip"]
             entries["start_layer"] = [{"start_layer": paper_start_layer, **{
                 k: entries["maft"][k] for k in ("miou_seen", "miou_unseen", "hiou")}}]
-            paper_seeds[str(seed)] = entries
         at_layer[str(paper_start_layer)] = {"per_seed": paper_seeds, **_summary(paper_seeds)}
         timings[f"L = {paper_start_layer}"] = round(time.perf_counter() - tick, 1)
     if probe is None and "probe" in pretrain_log:
@@ -370,7 +369,7 @@ def format_story(story: dict) -> str:
     lines = [f"{'row':<10}" + "".join(f"{k:>22}" for k in keys)]
     for name in ROWS:
         mean, std = story["mean"][name], story["std"][name]
-        cells = "".join(f"{mean[k]:>14.3f} ± {std[k]:<5.3f}" if k in mean else f"{'n/a':>22}" for k in keys)
+        cells = "".join(f"{format_mean_std(mean.get(k), std.get(k), 3):>22}" for k in keys)
         lines.append(f"{name:<10}{cells}")
     lines.append("start layer L (fine-tuned, hIoU): " + ", ".join(
         f"{p['start_layer']}: {p['hiou']:.1f}" for p in story["mean"]["start_layer"]))
@@ -383,9 +382,7 @@ def format_story(story: dict) -> str:
 # Reading it
 # --------------------------------------------------------------------------------------------------
 def _cell(mean: dict, std: dict, key: str, digits: int = 1) -> str:
-    if mean.get(key) is None:
-        return "-"
-    return f"{mean[key]:.{digits}f} ± {std.get(key, 0.0):.{digits}f}"
+    return "-" if mean.get(key) is None else format_mean_std(mean[key], std.get(key), digits)
 
 
 def story_tables(story: dict) -> dict[str, str]:
@@ -402,8 +399,7 @@ def story_tables(story: dict) -> dict[str, str]:
             "GFLOPs": f"{mean[name]['gflops']:.2f}",
             "paper (mIoU-s / -u / hIoU, GFLOPs)": f"{theirs['miou_seen']} / {theirs['miou_unseen']} / "
                                                    f"{theirs['hiou']}, {theirs['gflops']}"})
-    rows_4c = [{"iterations": p["iterations"], "mIoU-s": f"{p['miou_seen']:.1f} ± {q['miou_seen']:.1f}",
-                "mIoU-u": f"{p['miou_unseen']:.1f} ± {q['miou_unseen']:.1f}"}
+    rows_4c = [{"iterations": p["iterations"], "mIoU-s": _cell(p, q, "miou_seen"), "mIoU-u": _cell(p, q, "miou_unseen")}
                for p, q in zip(mean["iterations"], std["iterations"])]
     rows_4c_paper = [{"iterations": p["iterations"], "mIoU-s": p["miou_seen"], "mIoU-u": p["miou_unseen"]}
                      for p in paper["iterations"]]
@@ -413,8 +409,7 @@ def story_tables(story: dict) -> dict[str, str]:
     layers = sorted({p["start_layer"] for p in mean["start_layer"]} | set(frozen))
     fine = {p["start_layer"]: (p, q) for p, q in zip(mean["start_layer"], std["start_layer"])}
     rows_4e = [{"L": layer,
-                "fine-tuned hIoU": (f"{fine[layer][0]['hiou']:.1f} ± {fine[layer][1]['hiou']:.1f}"
-                                    if layer in fine else "-"),
+                "fine-tuned hIoU": _cell(*fine[layer], "hiou") if layer in fine else "-",
                 "frozen hIoU": f"{frozen[layer]['hiou']:.1f}" if layer in frozen else "-",
                 "cosine(proposal, image)": f"{context[layer]:.2f}" if layer in context else "-",
                 "paper hIoU (fine-tuned)": paper_layers[layer]["hiou"] if layer in paper_layers else "-"}

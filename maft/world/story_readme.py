@@ -89,7 +89,8 @@ def world_section(story: dict) -> str:
                                    "hIoU": r["hiou"]} for r in sweep["rows"]], digits=1).strip()]
     for layer, told in sorted(story["at_start_layer"].items(), key=lambda kv: int(kv[0]) != selected):
         which = "selected" if int(layer) == selected else "the paper's"
-        lines += ["", f"**Table 4a at L = {layer} ({which}; seeds {', '.join(str(seed) for seed in sorted(int(k) for k in told['per_seed']))}), "
+        seeds = ", ".join(str(seed) for seed in sorted(int(k) for k in told["per_seed"]))
+        lines += ["", f"**Table 4a at L = {layer} ({which}; seeds {seeds}), "
                       f"test proposals `{proposals['test']}`.** "
                       f"Order by hIoU: {_order(told['mean'])}.", "",
                   story_tables({**story, "mean": told["mean"], "std": told["std"],
