@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                 log_file = Path(f"{path}.json")
                 log = json.loads(log_file.read_text())
                 log["probe"] = run_probe(path)
-                log_file.write_text(json.dumps(log, indent=1))
+                paths.write_json(log, log_file, indent=1)
         if args.print_path:
             print(path)
             return 0
@@ -181,14 +181,13 @@ def _run_probe(args: argparse.Namespace) -> None:
     if not checkpoint.is_file():
         raise FileNotFoundError(f"world CLIP checkpoint {checkpoint} not found (maft world pretrain makes one)")
     result = run_probe(checkpoint, quick=args.quick, real=not args.no_real)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(result, indent=1))
+    paths.write_json(result, target, indent=1)
     save_figure(plot_probe(result), target.with_suffix(".png"))
     if args.record:
         log_file = Path(f"{checkpoint}.json")
         log = json.loads(log_file.read_text())
         log["probe"] = result
-        log_file.write_text(json.dumps(log, indent=1))
+        paths.write_json(log, log_file, indent=1)
     readout = result["readout"]
     curve = {p["k"]: p for p in readout["ablation"]}
     k = min(8, readout["depth"])

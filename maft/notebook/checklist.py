@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from ..utils.paths import write_json
 from .captions import EQUIVALENCE_TOLERANCE, INSENSITIVE_RHO
 
 MARK = {True: "✓", False: "✗", None: "–"}
@@ -178,8 +179,7 @@ def sam_checks(metrics: dict | None, message: str | None = None) -> list[Check]:
 def record(output_dir: str | Path, key: str, checks: Sequence[Check]) -> str:
     """Write ``checklist/<key>.json`` and return the checklist as Markdown (for the notebook to show)."""
     path = Path(output_dir) / "checklist" / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(c) for c in checks], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json([asdict(c) for c in checks], path, ensure_ascii=False)
     return markdown(checks)
 
 

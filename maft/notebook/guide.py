@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..utils.paths import REPO_ROOT
+from ..utils.paths import REPO_ROOT, write_json
 from .checklist import summary, table
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -148,7 +148,7 @@ def record_checklist(profile: str, gathered: dict[str, list[dict]], path: str | 
     mine.update(gathered)
     kept[profile] = dict(sorted(mine.items()))
     kept = dict(sorted(kept.items(), key=lambda kv: _profile_rank(kv[0])))
-    path.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(kept, path, ensure_ascii=False)
     return path
 
 

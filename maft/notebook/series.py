@@ -22,7 +22,6 @@ the runner prints one line per notebook with its time.
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import os
 import sys
@@ -37,7 +36,7 @@ from jupyter_client.manager import AsyncKernelManager
 from papermill.exceptions import PapermillExecutionError
 from traitlets import CaselessStrEnum
 
-from ..utils.paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml
+from ..utils.paths import REPO_ROOT, check_output_path, outputs_dir, read_yaml, write_json
 from . import checklist, guide
 from .book import build_book
 from .guide import format_seconds
@@ -170,8 +169,7 @@ def run_series(profile: str = "demo", only: list[str] | None = None, output_dir:
         runs.append(NotebookRun(notebook.name, executed, seconds, notebook_to_html(executed)))
     series = [p.stem for p in list_notebooks(None, Path(notebook_dir))]
     gathered = checklist.gather(out, series)
-    (out / "checklist.json").write_text(json.dumps({"profile": parameters["profile"], "notebooks": gathered},
-                                                   indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json({"profile": parameters["profile"], "notebooks": gathered}, out / "checklist.json", ensure_ascii=False)
     if record is None:  # the canonical run: the repository's notebooks into the profile's own folder
         record = output_dir is None and Path(notebook_dir).resolve() == NOTEBOOK_DIR.resolve()
     if record:

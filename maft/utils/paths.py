@@ -176,11 +176,11 @@ def json_ready(value):
 
 
 def write_json(data, path: str | os.PathLike, overwrite: bool = True, sort_keys: bool = False,
-               indent: int = 2, what: str = "the output") -> Path:
-    """The one JSON writer: :func:`json_ready` data, written atomically; without ``overwrite`` an existing
-    file is an error (``what`` names the setting that chose the path)."""
+               indent: int = 2, what: str = "the output", ensure_ascii: bool = True) -> Path:
+    """The one JSON writer: :func:`json_ready` data, written atomically (UTF-8); without ``overwrite`` an
+    existing file is an error (``what`` names the setting that chose the path)."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) or choose another {what}")
-    text = json.dumps(json_ready(data), indent=indent, sort_keys=sort_keys) + "\n"
-    return atomic_write(path, lambda partial: partial.write_text(text))
+    text = json.dumps(json_ready(data), indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii) + "\n"
+    return atomic_write(path, lambda partial: partial.write_text(text, encoding="utf-8"))

@@ -2,7 +2,6 @@
 label map as PNG and a JSON summary. Kept out of :mod:`maft.predict` so that the pipeline never draws."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -11,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..inference import NO_PREDICTION
-from ..utils.paths import check_output_path
+from ..utils.paths import check_output_path, write_json
 from .figures import legend_entries, overlay, overlay_figure, save_figure
 
 # Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
@@ -70,5 +69,5 @@ def write_outputs(result, image, out: str | Path, overwrite: bool = False, input
         "legend": [{"class": name, "rgb": list(rgb), "pixel_fraction": round(share, 6)}
                    for name, rgb, share in legend_entries(result.label_map, result.classes)],
     }
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, paths["summary"])
     return paths

@@ -68,8 +68,7 @@ def sweep_start_layer(config: str | dict = "world", candidates: Sequence[int] = 
               "images": base["eval"].get("max_images"), "iterations": base["train"]["iterations"],
               "rows": rows, "selected": select(rows), "quick": quick,
               "seconds": round(time.perf_counter() - started, 1)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths.atomic_write(out, lambda partial: partial.write_text(json.dumps(result, indent=1)))
+    paths.write_json(result, out, indent=1)
     return result
 
 
@@ -82,5 +81,5 @@ def attach(story_path: str | os.PathLike, sweep: dict) -> dict:
         raise ValueError(f"{story_path} is told at L = {story['selected_start_layer']}, the sweep selected "
                          f"L = {sweep['selected']}")
     story["start_layer_sweep"] = sweep
-    paths.atomic_write(story_path, lambda partial: partial.write_text(json.dumps(story, indent=1)))
+    paths.write_json(story, story_path, indent=1)
     return story
