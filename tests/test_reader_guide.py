@@ -170,3 +170,11 @@ def test_a_skipped_sam_notebook_lists_its_claim_as_not_measured():
                                                      "SAM checkpoint not found")
     rows = {"rows": [{"classifier": "SAM + frozen IP-CLIP", "hiou": 30.0}, {"classifier": "SAM + MAFT", "hiou": 28.0}]}
     assert checklist.sam_checks(rows)[0].passed is False
+
+
+def test_a_comparison_never_prints_two_equal_numbers_with_a_strict_sign():
+    rows = [{"classifier": "frozen IP-CLIP", "mask_awareness": 0.3921, "miou_unseen": 40.0, "hiou": 36.0},
+            {"classifier": "MAFT IP-CLIP", "mask_awareness": 0.3864, "miou_unseen": 40.0, "hiou": 40.94}]
+    ranks = checklist.zero_shot_checks(rows)[0]
+    assert ranks.passed is False and ranks.detail.startswith("rho 0.386 < 0.392 (MAFT vs frozen)")
+    assert checklist.zero_shot_checks(rows)[1].detail.startswith("mIoU unseen 40.0 = 40.0")

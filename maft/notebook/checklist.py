@@ -44,6 +44,8 @@ def _greater(claim: str, a, b, name_a: str, name_b: str, what: str, digits: int 
     margin = spread or 0.0
     passed = a - b > margin
     sign = ">" if a > b else ("<" if a < b else "=")
+    while a != b and _num(a, digits) == _num(b, digits) and digits < 6:
+        digits += 1  # never print "0.39 < 0.39": show as many digits as tell the two apart
     detail = f"{what} {_num(a, digits)} {sign} {_num(b, digits)} ({name_a} vs {name_b})"
     if spread:
         detail += f", seed spread {_num(spread, digits)}" + ("" if passed or a <= b else ": within it")
