@@ -71,24 +71,20 @@ def test_ipclip_refuses_a_bool_start_layer():
     assert maft.IPCLIP(visual, start_layer=1).start_layer == 1
 
 
-def test_a_profile_typo_is_caught_with_only_too(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("profile_text, message", [
+    ("config: voc20_tiny_cpu\nmax_image: 3\n", "sets ['max_image'], which no notebook declares"),
+    ("config: voc20_tiny_cpu\noverrides: [train.iteratons=2]\n",
+     "config key train.iteratons: unknown key in section 'train'"),
+])
+def test_a_profile_typo_is_caught_with_only_too(capsys, tmp_path, monkeypatch, profile_text, message):
+    """A key no notebook declares, or a typo in the profile's overrides, fails before notebook 03 runs."""
     profile = tmp_path / "typo.yaml"
-    profile.write_text("config: voc20_tiny_cpu\nmax_image: 3\n")
+    profile.write_text(profile_text)
     monkeypatch.setattr(series.papermill, "execute_notebook",
                         lambda *a, **k: pytest.fail("a notebook ran before the profile was checked"))
     err = one_line_error(capsys, ["notebooks", "--profile", str(profile), "--only", "03",
                                   "--output-dir", str(tmp_path / "out")])
-    assert "sets ['max_image'], which no notebook declares" in err, err
-
-
-def test_a_profile_override_typo_is_caught_with_only_too(capsys, tmp_path, monkeypatch):
-    profile = tmp_path / "typo.yaml"
-    profile.write_text("config: voc20_tiny_cpu\noverrides: [train.iteratons=2]\n")
-    monkeypatch.setattr(series.papermill, "execute_notebook",
-                        lambda *a, **k: pytest.fail("a notebook ran before the profile was checked"))
-    err = one_line_error(capsys, ["notebooks", "--profile", str(profile), "--only", "03",
-                                  "--output-dir", str(tmp_path / "out")])
-    assert "config key train.iteratons: unknown key in section 'train'" in err, err
+    assert message in err, err
 
 
 def test_every_default_is_the_documented_one():
