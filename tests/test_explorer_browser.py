@@ -138,6 +138,25 @@ def _wait_for_kernel(base: str, token: str, notebook: str, timeout: float = 180.
     raise AssertionError(f"no idle kernel for {notebook} after {timeout:.0f} s: {sessions}")
 
 
+def _run_all_cells(page, base: str, token: str, notebook: str) -> None:
+    """Open ``notebook`` in JupyterLab and choose Run > Run All Cells once its kernel is idle."""
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}")
+    # the notebook is open and its kernel has started: only then is "Run All Cells" heard
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=TIMEOUT_MS)
+    _wait_for_kernel(base, token, notebook)
+    page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']") \
+        .wait_for(timeout=TIMEOUT_MS)
+    page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
+    # if the page had not yet attached to the kernel, JupyterLab asks which one: take its choice
+    choose = page.locator(".jp-Dialog").get_by_role("button", name="Select")
+    try:
+        choose.wait_for(timeout=3000)
+        choose.click()
+    except Exception:  # Playwright's TimeoutError: no dialog, the cells are running
+        pass
+
+
 def explorer_notebook(folder: Path, smoke_out: Path) -> Path:
     """Notebook 06 with the smoke profile's parameters injected (papermill's own parameterisation),
     ``interactive=True`` so the widget is built, the smoke run's checkpoint, and its own output folder
@@ -197,21 +216,7 @@ def test_the_explorer_redraws_on_every_control_in_a_real_browser(jupyterlab, smo
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: console_errors.append(f"uncaught: {e}"))
-            page.goto(f"{base}/lab/tree/{path.name}?token={token}")
-            # the notebook is open and its kernel has started: only then is "Run All Cells" heard
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=TIMEOUT_MS)
-            _wait_for_kernel(base, token, path.name)
-            page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']") \
-                .wait_for(timeout=TIMEOUT_MS)
-            page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
-            # if the page had not yet attached to the kernel, JupyterLab asks which one: take its choice
-            choose = page.locator(".jp-Dialog").get_by_role("button", name="Select")
-            try:
-                choose.wait_for(timeout=3000)
-                choose.click()
-            except Exception:  # Playwright's TimeoutError: no dialog, the cells are running
-                pass
+            _run_all_cells(page, base, token, path.name)
             try:
                 page.locator(FIGURE).wait_for(timeout=TIMEOUT_MS)
             except Exception as error:
@@ -306,19 +311,7 @@ def test_run_all_in_jupyterlab_without_papermill_runs_the_demo_profile(jupyterla
         browser = _browser(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/notebooks/00_setup_and_data.ipynb?token={token}")
-            page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=TIMEOUT_MS)
-            _wait_for_kernel(base, token, "notebooks/00_setup_and_data.ipynb")
-            page.locator(".jp-NotebookPanel-toolbar .jp-Notebook-ExecutionIndicator[data-status='idle']") \
-                .wait_for(timeout=TIMEOUT_MS)
-            page.locator("#jp-MainMenu").get_by_text("Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile("^Run All Cells")).click()
-            choose = page.locator(".jp-Dialog").get_by_role("button", name="Select")
-            try:
-                choose.wait_for(timeout=3000)
-                choose.click()
-            except Exception:  # Playwright's TimeoutError: no dialog, the cells are running
-                pass
+            _run_all_cells(page, base, token, "notebooks/00_setup_and_data.ipynb")
             page.get_by_text("What you should see.").first.wait_for(timeout=TIMEOUT_MS)
             page.get_by_text("From the paper:").first.wait_for(timeout=TIMEOUT_MS)
             errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
