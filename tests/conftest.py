@@ -18,12 +18,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("MAFT_TEST_THREADS", "1")))
 
@@ -114,3 +117,20 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     runs = series.run_series("smoke", output_dir=out, progress=False)
     return out, runs
+
+
+# One real VOC pair for the single-image tests: a train (VOC raw id 19) on background, from ../shared/data.
+VOC_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2012"
+VOC_IMAGE_ID = "2007_000042"
+
+
+@pytest.fixture(scope="module")
+def voc_pair(tmp_path_factory):
+    """The VOC image path and a label PNG of indices into ["background", "train"] (255 void)."""
+    raw = np.array(Image.open(VOC_SAMPLE / "masks" / "val" / f"{VOC_IMAGE_ID}.png"))
+    label = np.full(raw.shape, 255, dtype=np.uint8)
+    label[raw == 0] = 0
+    label[raw == 19] = 1
+    path = tmp_path_factory.mktemp("voc_pair") / f"{VOC_IMAGE_ID}.png"
+    Image.fromarray(label).save(path)
+    return str(VOC_SAMPLE / "images" / "val" / f"{VOC_IMAGE_ID}.jpg"), str(path)

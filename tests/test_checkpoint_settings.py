@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from maft.checkpoints import load_finetuned
 from maft.cli import main
@@ -38,17 +36,6 @@ def trained(tmp_path_factory):
     config = tiny(image_size=48, start_layer=2)
     config["train"]["out_dir"] = str(folder / "run")
     return finetune(config, progress=False)["checkpoint"]
-
-
-@pytest.fixture(scope="module")
-def voc_pair(tmp_path_factory):
-    raw = np.array(Image.open(f"{VOC}/masks/val/{IMAGE_ID}.png"))
-    label = np.full(raw.shape, 255, dtype=np.uint8)
-    label[raw == 0] = 0
-    label[raw == 19] = 1
-    path = tmp_path_factory.mktemp("label") / f"{IMAGE_ID}.png"
-    Image.fromarray(label).save(path)
-    return f"{VOC}/images/val/{IMAGE_ID}.jpg", str(path)
 
 
 def test_predict_without_config_takes_the_checkpoints_model(trained):

@@ -27,18 +27,6 @@ CLASSES = ["background", "train"]
 
 
 @pytest.fixture(scope="module")
-def voc_pair(tmp_path_factory):
-    """The image path and a label PNG of indices into CLASSES (0 background, 1 train, 255 void)."""
-    raw = np.array(Image.open(f"{VOC}/masks/val/{IMAGE_ID}.png"))
-    label = np.full(raw.shape, 255, dtype=np.uint8)
-    label[raw == 0] = 0
-    label[raw == 19] = 1
-    folder = tmp_path_factory.mktemp("voc_pair")
-    Image.fromarray(label).save(folder / f"{IMAGE_ID}.png")
-    return f"{VOC}/images/val/{IMAGE_ID}.jpg", folder / f"{IMAGE_ID}.png"
-
-
-@pytest.fixture(scope="module")
 def config():
     from maft.config import load_config
 

@@ -151,18 +151,6 @@ def test_predict_on_exif_rotated_photo_writes_an_aligned_overlay(tmp_path, capsy
 
 
 # ------------------------------------------------------------------------------------ proposal files
-@pytest.fixture(scope="module")
-def voc_pair(tmp_path_factory):
-    """The VOC image path and a label PNG of indices into CLASSES (0 background, 1 train, 255 void)."""
-    raw = np.array(Image.open(f"{VOC}/masks/val/{IMAGE_ID}.png"))
-    label = np.full(raw.shape, 255, dtype=np.uint8)
-    label[raw == 0] = 0
-    label[raw == 19] = 1
-    path = tmp_path_factory.mktemp("voc_pair") / f"{IMAGE_ID}.png"
-    Image.fromarray(label).save(path)
-    return f"{VOC}/images/val/{IMAGE_ID}.jpg", path
-
-
 def gt_masks(voc_pair) -> torch.Tensor:
     from maft.predict import load_image
     from maft.proposals import GTProposals
