@@ -152,3 +152,11 @@ def test_import_maft_predict_loads_no_notebook_machinery():
             "or m == 'matplotlib.pyplot'); print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_import_names_a_module_that_exists():
+    """Imports inside functions run late: one naming a module that moved would fail only when called."""
+    modules = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    missing = sorted(f"{source} -> {target}" for source, targets in graph().items() for target in targets
+                     if target.split(".")[0] == "maft" and target not in modules)
+    assert missing == []

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if args.force or not path.is_file():
             pretrain.pretrain_world_clip(out=path, progress=not (args.no_progress or args.print_path), **settings)
             if not args.print_path:  # the probe of issue 19 travels with the checkpoint (its JSON's "probe")
-                from maft.world.probe import probe as run_probe
+                from ..world.probe import probe as run_probe
                 log_file = Path(f"{path}.json")
                 log = json.loads(log_file.read_text())
                 log["probe"] = run_probe(path)
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "probe":
         _run_probe(args)
     elif args.action == "readme":
-        from maft import story_readme
+        from ..world import story_readme
         agrees = story_readme.update_readme(story_path=args.story or story_readme.REFERENCE_STORY, check=args.check)
         if args.check and not agrees:
             raise ValueError(f"README.md's world section differs from {args.story or story_readme.REFERENCE_STORY}: "

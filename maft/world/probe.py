@@ -159,7 +159,7 @@ def context_probe(max_images: int | None = None, real: bool = True, shuffles: in
     result = {"world_surroundings": dataset_context(world, "surroundings", shuffles=shuffles),
               "world_cooccurrence": dataset_context(world, "cooccurrence", shuffles=shuffles), "real": []}
     if real:
-        from ..datasets import build_dataset  # heavy (PIL datasets); only when real data are asked for
+        from ..data.datasets import build_dataset  # heavy (PIL datasets); only when real data are asked for
         for name, split in REAL_DATASETS:
             try:
                 dataset = build_dataset(name, split)
