@@ -55,10 +55,12 @@ def tiny(out_dir: Path, **train) -> dict:
 
 def test_a_live_run_keeps_its_folder_and_ctrl_c_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
-    live = maft_train("--set", f"train.out_dir={run}", "--set", "train.iterations=400",
-                      "--set", "train.checkpoint_every=1", "--set", "train.lr=1e-3")
+    # far more steps than the test lasts: the run must still be training when Ctrl-C comes (400 steps were
+    # once over before the two refused runs had finished starting)
+    live = maft_train("--set", f"train.out_dir={run}", "--set", "train.iterations=100000",
+                      "--set", "train.checkpoint_every=20", "--set", "train.lr=1e-3")
     try:
-        first = run / "checkpoints" / "step_000001.pt"
+        first = run / "checkpoints" / "step_000020.pt"
         wait_for(first, live)
         # a second run into the live run's folder fails at once, with or without --overwrite, naming it
         for extra in (["--overwrite"], []):
@@ -77,11 +79,11 @@ def test_a_live_run_keeps_its_folder_and_ctrl_c_says_how_to_resume(tmp_path):
     assert live.returncode == 130, (out, err)
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("maft train: interrupted: stopped at step ") and "/400; last checkpoint " in last
+    assert last.startswith("maft train: interrupted: stopped at step ") and "/100000; last checkpoint " in last
     checkpoint = last.split("last checkpoint ")[1].split(";")[0]
     assert last.endswith(f"resume with: maft train --resume {checkpoint}")
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["config"]["train"]["lr"] == 1e-3 and saved["step"] >= 1
+    assert saved["config"]["train"]["lr"] == 1e-3 and saved["step"] >= 20
     assert yaml_lr(run) == 1e-3  # config.yaml is the live run's, not the refused one's
     assert not (run / ".maft-run.json").exists()  # released: the next run may use the folder
 
