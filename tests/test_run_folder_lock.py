@@ -23,10 +23,17 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--set", "data.max_images=4", "--set", "train.batch_size=2", "--set", "train.augmentation=false"]
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt: give the run the SIGINT a user's terminal gives, whatever started the tests.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def maft_train(*args, **popen) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "MAFT_PROGRESS": "off"}
     return subprocess.Popen([sys.executable, "-m", "maft", "train", "--config", "voc20_tiny_cpu", *SMALL, *args],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint, **popen)
 
 
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 300) -> None:
