@@ -42,3 +42,16 @@ def test_the_world_config_uses_the_selected_start_layer():
     if story.get("start_layer_sweep"):
         assert story["start_layer_sweep"]["selected"] == story["selected_start_layer"]
         assert story["start_layer_sweep"]["split"] == "val"
+
+
+def test_below_readout_paragraph_reads_its_numbers_from_the_story():
+    frozen = [{"start_layer": layer, "hiou": hiou} for layer, hiou in [(0, 36.7), (4, 36.1), (8, 35.8), (12, 3.5)]]
+    sweep = {"rows": [{"start_layer": layer, "hiou": hiou} for layer, hiou in [(0, 43.0), (8, 44.0), (10, 27.0)]]}
+    story = {"probe": {"class_token_reads_from": 8}, "frozen_start_layer": frozen, "start_layer_sweep": sweep,
+             "at_start_layer": {"8": {"std": {"maft": {"hiou": 0.5}}}}}
+    text = story_readme._below_readout_lines(story)[1]
+    assert "Frozen IP-CLIP at L = 0, 4, 8: 35.8 to 36.7 hIoU" in text  # L = 12 is above the readout block
+    assert "at L <= 8: 43.0 to 44.0 hIoU, a range comparable to" in text  # 1.0 <= 3 x 0.5
+    sweep["rows"][0]["hiou"] = 42.4  # a range of 1.6 > 3 x 0.5
+    assert "a range more than seed noise alone spans" in story_readme._below_readout_lines(story)[1]
+    assert story_readme._below_readout_lines({"frozen_start_layer": frozen}) == []  # no readout block: nothing said

@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--quick", action="store_true", help="toy sizes, for CI (numbers mean little)")
     probe.add_argument("--no-real", action="store_true", help="skip the real VOC / COCO samples")
     probe.add_argument("--record", action="store_true",
-                       help="also write the result into the checkpoint's JSON (its 'probe' key)")
+                       help="also write the result into the checkpoint's JSON (its 'probe' key) and, for the kept "
+                            "world CLIP, the judged targets into maft/assets/world.yaml")
     sweep = sub.add_parser("sweep", help="the paper's procedure for L (Table 4e): fine-tune at each candidate start "
                                          "layer, evaluate on the val split, select the best -> JSON")
     sweep.add_argument("--candidates", default=",".join(map(str, layer_sweep.CANDIDATES)))
@@ -174,6 +175,7 @@ def _print_zero_shot(result: dict) -> None:
 def _run_probe(args: argparse.Namespace) -> None:
     from ..viz.figures import save_figure
     from ..world.probe import probe as run_probe
+    from ..world.probe import record_targets
     from ..world.probe_plot import plot_probe
 
     target = paths.check_output_path(args.out or paths.outputs_dir("world", create=False) / "probe.json", "--out")
@@ -188,6 +190,8 @@ def _run_probe(args: argparse.Namespace) -> None:
         log = json.loads(log_file.read_text())
         log["probe"] = result
         paths.write_json(log, log_file, indent=1)
+        if checkpoint.resolve() == pretrain.kept_checkpoint_path().resolve():  # the world's own CLIP: world.yaml says it
+            print(f"targets recorded in {record_targets(result['targets'])}")
     readout = result["readout"]
     curve = {p["k"]: p for p in readout["ablation"]}
     k = min(8, readout["depth"])

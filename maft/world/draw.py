@@ -189,12 +189,15 @@ def _background(spec: WorldSpec, rng, stuff_ids: list[int], size: int) -> tuple[
 
 
 def _choose_stuff(spec: WorldSpec, rng, count: int | None = None, only: int | None = None,
-                  regions=None) -> list[int]:
+                  regions=None, among: tuple[int, ...] | None = None) -> list[int]:
+    """The scene's stuff bands (top first): ``count`` (or a count in ``regions``) distinct classes of
+    ``among`` (a setting's stuff; at most all of them) or of every stuff class."""
     if only is not None:
         return [only]
     low, high = regions or spec.raw["background_regions"]
     count = int(rng.integers(low, high + 1)) if count is None else count
-    chosen = [int(c) for c in rng.choice(spec.stuff_ids, size=count, replace=False)]
+    pool = among or spec.stuff_ids
+    chosen = [int(c) for c in rng.choice(pool, size=min(count, len(pool)), replace=False)]
     top = [c for c in chosen if spec.classes[c] in spec.raw.get("top_only", [])]
     rest = [c for c in chosen if c not in top]
     return top[:1] + rest + top[1:]  # at most one top-only class can really be on top
@@ -272,12 +275,30 @@ def _place_things(spec: WorldSpec, rng, image, label, thing_ids: list[int],
     return placed
 
 
-def _choose_things(spec: WorldSpec, rng, count: int, stuff_ids: list[int]) -> tuple[list[int], list]:
+def _choose_setting(spec: WorldSpec, rng) -> tuple[int, ...] | None:
+    """The scene's setting (``context.settings``: a farm, a coast, a town), as real photographs have
+    one: with probability ``context.setting_strength`` the stuff of one setting, chosen uniformly;
+    otherwise None (any stuff). Since every thing's habitat lies in one setting, things of one
+    setting meet in a scene more often than chance: co-occurring things carry context, as on real data.
+    No random draw at all without settings, so a world without them draws as before."""
+    settings = spec.settings
+    if not settings:
+        return None
+    if rng.random() >= spec.raw["context"]["setting_strength"]:
+        return None
+    return settings[int(rng.integers(len(settings)))]
+
+
+def _choose_things(spec: WorldSpec, rng, count: int, stuff_ids: list[int],
+                   setting: tuple[int, ...] | None = None) -> tuple[list[int], list]:
     """``count`` distinct thing classes and, per thing, the stuff band it must stand on (or None).
 
-    With probability ``context.strength`` a thing comes from the habitat of one of the scene's stuff
-    bands (chosen uniformly) and stands on it; otherwise it is any thing not yet chosen, anywhere.
-    Without a ``context`` section, things are independent of the stuff (the world before issue 19)."""
+    With probability ``context.strength`` a thing belongs to the scene: it comes from the habitat of
+    one of the scene's stuff bands (chosen uniformly) and stands on it, or, when that habitat is used
+    up, from the habitat of any stuff of the scene's ``setting`` and stands anywhere (a farm scene has
+    more farm animals than its grass band alone holds). Otherwise it is any thing not yet chosen,
+    anywhere. Without a ``context`` section, things are independent of the stuff (the world before
+    issue 19)."""
     context = spec.raw.get("context")
     if not context:
         return [int(c) for c in rng.choice(spec.thing_ids, size=count, replace=False)], [None] * count
@@ -291,6 +312,11 @@ def _choose_things(spec: WorldSpec, rng, count: int, stuff_ids: list[int]) -> tu
             if options:
                 chosen.append(int(rng.choice(options)))
                 on_stuff.append(stuff)
+                continue
+            options = [c for s in (setting or ()) for c in habitats[s] if c not in chosen]
+            if options:
+                chosen.append(int(rng.choice(options)))
+                on_stuff.append(None)
                 continue
         chosen.append(int(rng.choice([c for c in spec.thing_ids if c not in chosen])))
         on_stuff.append(None)
@@ -359,9 +385,10 @@ def _render(spec: WorldSpec, split: str, index: int, twin: bool) -> Scene:
         thing_ids = []
     else:
         (low, high), regions = spec.scene_counts(split)
-        stuff_ids = _choose_stuff(spec, rng, regions=regions)
+        setting = _choose_setting(spec, rng)
+        stuff_ids = _choose_stuff(spec, rng, regions=regions, among=setting)
         count = int(rng.integers(low, high + 1))
-        thing_ids, on_stuff = _choose_things(spec, rng, count, stuff_ids)
+        thing_ids, on_stuff = _choose_things(spec, rng, count, stuff_ids, setting)
         if twin:
             thing_ids = _repatterned(spec, scene_rng(spec.seed, "pretrain-twin", index), thing_ids) or []
             if not thing_ids:  # a stuff-only scene, or no repatterning: an independent scene instead

@@ -46,7 +46,7 @@ from .spec import load_world_spec
 MODEL_NAME = "maft-world-vit12"
 PRETRAIN_DEFAULTS = {
     "seed": 0,
-    "steps": 1000,
+    "steps": 1500,
     "batch_size": 128,
     "lr": 1.0e-3,
     "weight_decay": 0.1,

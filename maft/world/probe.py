@@ -34,6 +34,7 @@ from ..text import text_classifier
 from .context import dataset_context
 from .dataset import WorldDataset
 from .pretrain import MODEL_NAME, zero_shot_accuracy
+from .spec import WORLD_SPEC_PATH
 
 LITERATURE = ("Gandelsman et al. (ICLR 2024), OpenAI / OpenCLIP ViTs: mean-ablating the direct effect of all "
               "but the last four attention layers barely moves zero-shot accuracy; the last four carry most of it")
@@ -43,7 +44,18 @@ TARGETS = {
     "keep_early_k8_over_full": ("<=", 0.60),
     "zero_shot_things": (">=", 0.70),
     "context_surroundings_excess_bits": (">=", 0.30),
+    "context_cooccurrence_excess_bits": (">=", 0.30),
     "zero_shot_stuff": ("<=", 0.95),
+}
+# What each target measures: the comment beside it in world.yaml's ``targets`` (:func:`record_targets`).
+TARGET_NOTES = {
+    "keep_late_k8_over_full": "late readout: blocks 0-7 mean-ablated keep >= 80 % of full accuracy",
+    "keep_early_k8_over_full": "late readout: blocks 8-11 mean-ablated keep <= 60 % of full accuracy",
+    "zero_shot_things": "full single-thing zero-shot (per-class mean over the 20 things)",
+    "context_surroundings_excess_bits": "thing class vs surrounding stuff, bits above shuffled (world val)",
+    "context_cooccurrence_excess_bits": "thing class vs co-occurring thing, bits above shuffled (world val; "
+                                        "VOC: 0.49 train / 0.55 val)",
+    "zero_shot_stuff": "stuff-only zero-shot (per-class mean over the 9 stuff classes): confusable siblings",
 }
 REAL_DATASETS = (("voc20", "train"), ("voc20", "val"), ("coco_stuff171", "train"))
 
@@ -202,6 +214,7 @@ def targets(result: dict) -> dict:
         "keep_early_k8_over_full": curve[split]["keep_early"] / full if full else None,
         "zero_shot_things": _class_mean(result["zero_shot"]["things"]) if result.get("zero_shot") else None,
         "context_surroundings_excess_bits": result["context"]["world_surroundings"]["excess_bits"],
+        "context_cooccurrence_excess_bits": result["context"]["world_cooccurrence"]["excess_bits"],
         "zero_shot_stuff": _class_mean(result["zero_shot"]["stuff"]) if result.get("zero_shot") else None,
     }
     out = {}
@@ -211,6 +224,22 @@ def targets(result: dict) -> dict:
         out[key] = {"measured": None if value is None else round(value, 4), "target": f"{comparison} {bound}",
                     "met": met}
     return out
+
+
+def record_targets(judged: dict, spec_path: str | Path = WORLD_SPEC_PATH) -> Path:
+    """Rewrite the ``targets:`` block that ends ``world.yaml`` with the judged targets (:func:`targets`), so
+    the world's specification states what the probe measured on the kept CLIP (checked by
+    tests/test_world_clip_kept.py). Everything above the block is left as it is."""
+    spec_path = Path(spec_path)
+    head, found, _ = spec_path.read_text().partition("\ntargets:\n")
+    if not found:
+        raise ValueError(f"{spec_path} has no final 'targets:' block to record the probe in")
+    met = {True: "true", False: "false", None: "null"}
+    lines = [f'  {key}: {{target: "{value["target"]}", measured: '
+             f'{"null" if value["measured"] is None else value["measured"]}, met: {met[value["met"]]}}}   '
+             f'# {TARGET_NOTES[key]}' for key, value in judged.items()]
+    spec_path.write_text(head + found + "\n".join(lines) + "\n")
+    return spec_path
 
 
 def recorded_probe(checkpoint) -> dict | None:

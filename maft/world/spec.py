@@ -61,6 +61,12 @@ class WorldSpec:
         return {self.classes.index(stuff): tuple(self.classes.index(t) for t in things)
                 for stuff, things in context.get("habitat", {}).items()}
 
+    @property
+    def settings(self) -> tuple[tuple[int, ...], ...]:
+        """The scene settings (``context.settings``), each a tuple of stuff class ids; () without them."""
+        context = self.raw.get("context") or {}
+        return tuple(tuple(self.classes.index(s) for s in members) for members in (context.get("settings") or {}).values())
+
     def thing_parts(self, class_id: int) -> tuple[str, str]:
         """(colour, pattern) of a thing class."""
         colour, pattern = self.classes[class_id].split(" ")
@@ -120,6 +126,19 @@ def _check_context(context, things: list[str], stuff: list[str], path: str) -> N
     if wrong or twice or missing:
         raise ValueError(f"{path}: context.habitat must list every thing class once "
                          f"(not things: {wrong}, twice: {twice}, missing: {missing})")
+    settings = context.get("settings")
+    if settings is None:
+        return
+    setting_strength = context.get("setting_strength")
+    if not isinstance(setting_strength, (int, float)) or not 0 <= setting_strength <= 1:
+        raise ValueError(f"{path}: context.setting_strength must be a number in [0, 1], got {setting_strength!r}")
+    listed = [s for members in settings.values() for s in members]
+    wrong = sorted({s for s in listed if s not in stuff})
+    twice = sorted({s for s in listed if listed.count(s) > 1})
+    missing = [s for s in stuff if s not in listed]
+    if wrong or twice or missing:
+        raise ValueError(f"{path}: context.settings must list every stuff class once "
+                         f"(not stuff: {wrong}, twice: {twice}, missing: {missing})")
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:

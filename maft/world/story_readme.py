@@ -100,6 +100,7 @@ def world_section(story: dict) -> str:
         if not title.startswith("Table 4a"):
             where = "" if "in the paper" in title else f", at L = {selected}"
             lines += ["", f"**{title}{where}.**", "", table.strip()]
+    lines += _below_readout_lines(story)
     timing = f"this story {story['seconds']['total'] / 60:.1f} min"
     if sweep and sweep.get("seconds") is not None:
         timing = f"the sweep {sweep['seconds'] / 60:.1f} min, " + timing
@@ -107,6 +108,31 @@ def world_section(story: dict) -> str:
     lines += ["", f"Paper (Table 4a, {story['paper']['dataset']}): "
                   + ", ".join(f"{name} {story['paper']['table_4a'][name]['hiou']} hIoU" for name in ROWS) + "."]
     return "\n".join(lines)
+
+
+def _below_readout_lines(story: dict) -> list[str]:
+    """What a start layer below the tower's readout block changes, with the frozen rows that show it."""
+    reads_from = (story.get("probe") or {}).get("class_token_reads_from")
+    below = [row for row in story.get("frozen_start_layer", []) if reads_from and row["start_layer"] <= reads_from]
+    if len(below) < 2:
+        return []
+    hious = [row["hiou"] for row in below]
+    layers = ", ".join(str(row["start_layer"]) for row in below)
+    text = (f"Below the readout block, L matters little by construction: the world tower's class token attends "
+            f"only to itself before block {reads_from}, so a start layer L < {reads_from} changes only the patch "
+            f"tokens of blocks L to {reads_from - 1} (in IP-CLIP's masked blocks they no longer attend to the class "
+            f"token). Frozen IP-CLIP at L = {layers}: {min(hious):.1f} to {max(hious):.1f} hIoU.")
+    sweep = story.get("start_layer_sweep")
+    if sweep:
+        tuned = [row["hiou"] for row in sweep["rows"] if row["start_layer"] <= reads_from]
+        spread = [told["std"]["maft"]["hiou"] for told in story["at_start_layer"].values()]
+        # the expected range of five draws of one normal variable is about 2.3 standard deviations
+        verdict = ("comparable to what seed noise alone spans (at most 3 standard deviations)"
+                   if max(tuned) - min(tuned) <= 3 * max(spread) else "more than seed noise alone spans (3 standard deviations)")
+        text += (f" MAFT in the sweep (one seed) at L <= {reads_from}: {min(tuned):.1f} to {max(tuned):.1f} hIoU, "
+                 f"a range {verdict}; MAFT's standard deviation over seeds at the told L: "
+                 f"{min(spread):.1f} to {max(spread):.1f}.")
+    return ["", text]
 
 
 def _table_4a_title(story: dict, told: dict) -> str:
