@@ -36,9 +36,9 @@ def _command(story: dict) -> str:
         parts.append("--sweep outputs/world/start_layer_sweep.json")
     text = " ".join(parts) + "`"
     if story.get("paper_start_layer") is not None and len(story["at_start_layer"]) > 1:
-        text += (f", its L = {story['paper_start_layer']} rows told by the same command with "
-                 f"`--set model.start_layer={story['paper_start_layer']} --paper-start-layer -1` beside it and "
-                 "reused through `--paper-story`")
+        text += (f", its L = {story['paper_start_layer']} rows told beside it by `maft world story --seeds "
+                 f"{len(settings['seeds'])} --start-layers \"\" --set model.start_layer={story['paper_start_layer']} "
+                 "--paper-start-layer -1` and reused through `--paper-story`")
     return text
 
 
