@@ -99,11 +99,13 @@ def test_world_things_prefer_their_surroundings(tmp_path):
     assert before["excess_bits"] < 0.1, before
 
 
-def test_habitat_must_list_every_thing_once(tmp_path):
+@pytest.mark.parametrize("section, group, extra, kind", [("habitat", "sky", "red stripes", "thing"),
+                                                        ("settings", "park", "sand", "stuff")])
+def test_context_groups_must_list_every_class_once(tmp_path, section, group, extra, kind):
     raw = yaml.safe_load(open(WORLD_SPEC_PATH))
-    raw["context"]["habitat"]["sky"].append("red stripes")
+    raw["context"][section][group].append(extra)
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"context.habitat must list every thing class once .*twice: \['red stripes'\]"):
+    with pytest.raises(ValueError, match=rf"context.{section} must list every {kind} class once .*twice: \['{extra}'\]"):
         load_world_spec(tmp_path / "w.yaml")
 
 
@@ -149,13 +151,8 @@ def test_a_setting_scene_draws_its_stuff_from_the_setting():
     assert not all(within)
 
 
-def test_settings_must_list_every_stuff_class_once(tmp_path):
+def test_setting_strength_must_be_a_probability(tmp_path):
     raw = yaml.safe_load(open(WORLD_SPEC_PATH))
-    raw["context"]["settings"]["park"].append("sand")
-    (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ValueError, match=r"context.settings must list every stuff class once .*twice: \['sand'\]"):
-        load_world_spec(tmp_path / "w.yaml")
-    raw["context"]["settings"]["park"].pop()
     raw["context"]["setting_strength"] = 1.5
     (tmp_path / "w.yaml").write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=r"context.setting_strength must be a number in \[0, 1\], got 1.5"):

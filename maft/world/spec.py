@@ -108,37 +108,37 @@ def _load_world_spec(path: str) -> WorldSpec:
     )
 
 
+def _check_probability(context: dict, key: str, path: str) -> None:
+    value = context.get(key)
+    if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{path}: context.{key} must be a number in [0, 1], got {value!r}")
+
+
+def _check_partition(groups: dict, members: list[str], key: str, kind: str, path: str) -> None:
+    """Each of ``members`` in exactly one of ``groups`` (``context.<key>``), and nothing else there."""
+    listed = [m for group in groups.values() for m in group]
+    wrong = sorted({m for m in listed if m not in members})
+    twice = sorted({m for m in listed if listed.count(m) > 1})
+    missing = [m for m in members if m not in listed]
+    if wrong or twice or missing:
+        raise ValueError(f"{path}: context.{key} must list every {kind} class once "
+                         f"(not {kind} classes: {wrong}, twice: {twice}, missing: {missing})")
+
+
 def _check_context(context, things: list[str], stuff: list[str], path: str) -> None:
-    """Every habitat is a stuff class, and every thing class has exactly one habitat."""
+    """Every habitat is a stuff class, every thing class has exactly one habitat, and, with settings,
+    every stuff class lies in exactly one setting."""
     if not context:
         return
-    strength = context.get("strength")
-    if not isinstance(strength, (int, float)) or not 0 <= strength <= 1:
-        raise ValueError(f"{path}: context.strength must be a number in [0, 1], got {strength!r}")
+    _check_probability(context, "strength", path)
     habitat = context.get("habitat") or {}
     unknown = [s for s in habitat if s not in stuff]
     if unknown:
         raise ValueError(f"{path}: context.habitat names {unknown}, which are not stuff classes {stuff}")
-    listed = [t for members in habitat.values() for t in members]
-    wrong = sorted({t for t in listed if t not in things})
-    twice = sorted({t for t in listed if listed.count(t) > 1})
-    missing = [t for t in things if t not in listed]
-    if wrong or twice or missing:
-        raise ValueError(f"{path}: context.habitat must list every thing class once "
-                         f"(not things: {wrong}, twice: {twice}, missing: {missing})")
-    settings = context.get("settings")
-    if settings is None:
-        return
-    setting_strength = context.get("setting_strength")
-    if not isinstance(setting_strength, (int, float)) or not 0 <= setting_strength <= 1:
-        raise ValueError(f"{path}: context.setting_strength must be a number in [0, 1], got {setting_strength!r}")
-    listed = [s for members in settings.values() for s in members]
-    wrong = sorted({s for s in listed if s not in stuff})
-    twice = sorted({s for s in listed if listed.count(s) > 1})
-    missing = [s for s in stuff if s not in listed]
-    if wrong or twice or missing:
-        raise ValueError(f"{path}: context.settings must list every stuff class once "
-                         f"(not stuff: {wrong}, twice: {twice}, missing: {missing})")
+    _check_partition(habitat, things, "habitat", "thing", path)
+    if context.get("settings") is not None:
+        _check_probability(context, "setting_strength", path)
+        _check_partition(context["settings"], stuff, "settings", "stuff", path)
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
