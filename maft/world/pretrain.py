@@ -248,7 +248,7 @@ def _pretrain(out: Path, progress: bool, settings: dict) -> dict:
         "torch_threads": torch.get_num_threads(),
         "logit_scale": round(model.logit_scale.exp().item(), 3),
     }
-    Path(f"{out}.json").write_text(json.dumps(log, indent=1))
+    paths.write_json(log, f"{out}.json", indent=1)
     return log
 
 
