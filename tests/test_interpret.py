@@ -129,3 +129,19 @@ def test_sam_proposals_say_whether_mafts_gain_appeared():
     assert "also helps on SAM's proposals, as in the paper's Table 5" in captions.sam_proposals(rows(35.0))
     assert "worse than frozen IP-CLIP, unlike the paper's Table 5" in captions.sam_proposals(rows(25.0))
     assert "Nothing was measured here: no SAM" in captions.sam_proposals(None, "no SAM")
+
+
+def test_story_cosine_sentence_names_a_plateau_and_the_direction():
+    def rows(*pairs):
+        return [{"start_layer": layer, "cosine_to_image": value} for layer, value in pairs]
+
+    plateau = captions._cosine_sentence(rows((0, -0.07), (4, -0.07), (8, -0.06), (12, 1.0)))
+    assert plateau == ("The cosine between a proposal's embedding and the whole image's stays at -0.07 (within 0.02) "
+                       "from L = 0 to L = 8, then rises to 1.00 at L = 12: the later the masks start after L = 8, "
+                       "the more every proposal is described as the whole scene.")
+    rising = captions._cosine_sentence(rows((0, 0.2), (4, 0.5), (12, 1.0)))
+    assert "rises from 0.20 at L = 0 to 1.00 at L = 12: the later the masks start, the more" in rising
+    flat = captions._cosine_sentence(rows((0, 0.5), (12, 0.51)))
+    assert "stays at 0.50 (within 0.02) from L = 0 to L = 12: where the masks start does not change" in flat
+    falling = captions._cosine_sentence(rows((0, 0.9), (12, 0.1)))
+    assert "falls from 0.90 at L = 0 to 0.10 at L = 12: the later the masks start, the less" in falling

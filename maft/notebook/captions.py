@@ -264,9 +264,30 @@ def story(result: dict) -> str:
                                                    if default and default is not best else "") + ".")
     context = result.get("context") or []
     if len(context) > 1:
-        first, last = context[0], context[-1]
-        text.append(f"The cosine between a proposal's embedding and the whole image's rises from "
-                    f"{first['cosine_to_image']:.2f} at L = {first['start_layer']} to {last['cosine_to_image']:.2f} "
-                    f"at L = {last['start_layer']}: the later the masks start, the more every proposal is "
-                    "described as the whole scene.")
+        text.append(_cosine_sentence(context))
     return " ".join(text)
+
+
+def _cosine_sentence(context: list[dict], flat: float = 0.02) -> str:
+    """How the proposal-to-image cosine moves with L, naming a leading stretch where it stays put (the
+    world tower's class token reads nothing before its readout block, so masks starting earlier change
+    little there)."""
+    first, last = context[0], context[-1]
+    level = first["cosine_to_image"]
+    steady = 0
+    while steady + 1 < len(context) and abs(context[steady + 1]["cosine_to_image"] - level) <= flat:
+        steady += 1
+    plateau = context[steady]
+    where = "The cosine between a proposal's embedding and the whole image's"
+    if plateau is last:
+        return (f"{where} stays at {level:.2f} (within {flat}) from L = {first['start_layer']} to L = "
+                f"{last['start_layer']}: where the masks start does not change how much a proposal is described "
+                "as the whole scene.")
+    moves = "rises" if last["cosine_to_image"] > plateau["cosine_to_image"] else "falls"
+    meaning = ("the more every proposal is described as the whole scene" if moves == "rises"
+               else "the less every proposal is described as the whole scene")
+    start = (f"stays at {level:.2f} (within {flat}) from L = {first['start_layer']} to L = {plateau['start_layer']}, "
+             f"then {moves} to" if plateau is not first else f"{moves} from {level:.2f} at L = {first['start_layer']} to")
+    later = f"the later the masks start after L = {plateau['start_layer']}" if plateau is not first else \
+        "the later the masks start"
+    return f"{where} {start} {last['cosine_to_image']:.2f} at L = {last['start_layer']}: {later}, {meaning}."
