@@ -160,3 +160,18 @@ def test_every_import_names_a_module_that_exists():
     missing = sorted(f"{source} -> {target}" for source, targets in graph().items() for target in targets
                      if target.split(".")[0] == "maft" and target not in modules)
     assert missing == []
+
+
+def test_every_module_path_the_docs_and_configs_name_exists():
+    """A module moved into a subpackage leaves no stale `maft/....py` path in the README, the configs, the
+    world spec, the notebooks' guide or a comment of the package."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [root / "README.md", *sorted((root / "maft").rglob("*.yaml")), *sorted((root / "notebooks").glob("*.yaml")),
+             *sorted((root / "maft").rglob("*.py"))]
+    named = {(path.relative_to(root).as_posix(), found) for path in texts
+             for found in re.findall(r"\bmaft/[A-Za-z0-9_/]+\.py\b", path.read_text(encoding="utf-8"))}
+    assert len(named) > 10  # the scan finds the paths the docs do name
+    missing = sorted((where, found) for where, found in named if not (root / found).is_file())
+    assert not missing, f"stale module paths (file, path): {missing}"

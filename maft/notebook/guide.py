@@ -68,7 +68,7 @@ def record_timings(profile: str, seconds: dict[str, float], path: str | Path = T
     for stem, value in seconds.items():
         mine[stem] = {"seconds": int(round(value)), "measured": today, "machine": machine}
     timings = {p: dict(sorted(t.items())) for p, t in sorted(timings.items(), key=lambda kv: _profile_rank(kv[0]))}
-    header = ("# Written by `maft notebooks` (maft/series.py): measured wall time of each notebook per profile.\n"
+    header = ("# Written by `maft notebooks` (maft/notebook/series.py): measured wall time of each notebook per profile.\n"
               "# Do not edit by hand; a run of the profile rewrites its entries.\n")
     path.write_text(header + yaml.safe_dump(timings, sort_keys=False), encoding="utf-8")
     return path
