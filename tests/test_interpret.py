@@ -145,3 +145,16 @@ def test_story_cosine_sentence_names_a_plateau_and_the_direction():
     assert "stays at 0.50 (within 0.02) from L = 0 to L = 12: where the masks start does not change" in flat
     falling = captions._cosine_sentence(rows((0, 0.9), (12, 0.1)))
     assert "falls from 0.90 at L = 0 to 0.10 at L = 12: the later the masks start, the less" in falling
+
+
+def test_stated_gaps_equal_the_difference_of_the_printed_numbers():
+    """38.74 and 38.36 print as 38.7 and 38.4: the caption says 0.3, which a reader can check, not 0.4."""
+    assert captions._compare(38.74, 38.36, " points") == "higher by 0.3 points"
+    assert captions._points(37.44, 38.36) == "1.0 points below"  # printed 37.4 and 38.4
+    text = captions.visualizations({"proposals": 12, "frozen_top1": 10, "maft_top1": 8, "frozen_whole": 0.9004,
+                                    "frozen_poor": 0.7451, "maft_whole": 0.6449, "maft_poor": 0.4251})
+    assert "0.90 and the poorer proposals (parts, background, merges) 0.75 on average, a gap of +0.15" in text
+    assert "0.64 and 0.43, a gap of +0.21" in text  # unrounded: 0.2198, which would print +0.22
+    check = checklist.visualization_checks({"proposals": 12, "frozen_top1": 10, "maft_top1": 8, "frozen_whole": 0.9004,
+                                            "frozen_poor": 0.7451, "maft_whole": 0.6449, "maft_poor": 0.4251})[0]
+    assert check.detail == "whole-minus-poor score gap +0.21 (MAFT) vs +0.15 (frozen)"  # the caption's gaps

@@ -20,19 +20,27 @@ def _rho(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def printed_gap(a: float, b: float, digits: int = 1) -> float:
+    """a - b as a reader works it out from the printed values: both rounded first, so a stated gap always
+    equals the difference of the two numbers printed beside it (38.74 and 38.36 print as 38.7 and 38.4:
+    the gap is 0.3, not 0.4)."""
+    return round(round(a, digits) - round(b, digits), digits)
+
+
 def _compare(a, b, unit: str = "", digits: int = 1) -> str:
     """"higher by 2.3" / "lower by 0.4" / "equal" for a against b."""
     if a is None or b is None:
         return "not comparable"
-    diff = a - b
+    diff = printed_gap(a, b, digits)
     if round(diff, digits) == 0:
         return "equal"
     return f"{'higher' if diff > 0 else 'lower'} by {abs(diff):.{digits}f}{unit}"
 
 
-def _points(diff: float) -> str:
-    """"2.3 points above" / "0.4 points below" / "level with"."""
-    if round(diff, 1) == 0:
+def _points(a: float, b: float) -> str:
+    """"2.3 points above" / "0.4 points below" / "level with" for a against b."""
+    diff = printed_gap(a, b)
+    if diff == 0:
         return "level with"
     return f"{abs(diff):.1f} points {'above' if diff > 0 else 'below'}"
 
@@ -138,7 +146,7 @@ def _direction(a, b, better: str, worse: str, same: str = "level with it") -> st
     """``better`` when a > b by at least 0.05 (one printed digit), ``worse`` when below, else ``same``."""
     if a is None or b is None:
         return "not comparable"
-    if round(a - b, 1) == 0:
+    if printed_gap(a, b) == 0:
         return same
     return better if a > b else worse
 
@@ -184,9 +192,9 @@ def ablations(metrics: dict) -> str:
     for name, row in rows.items():
         if name == "maft" or row.get("hiou") is None:
             continue
-        diff = row["hiou"] - base["hiou"]
+        diff = printed_gap(row["hiou"], base["hiou"])
         spread = max(row.get("hiou_std") or 0.0, base.get("hiou_std") or 0.0)
-        if round(diff, 1) == 0:
+        if diff == 0:
             verdict = "equal"
         elif len(seeds) > 1 and abs(diff) <= spread:
             verdict = "within the seed spread"
@@ -199,8 +207,8 @@ def ablations(metrics: dict) -> str:
 
 
 def visualizations(stats: dict) -> str:
-    gap_frozen = stats["frozen_whole"] - stats["frozen_poor"]
-    gap_maft = stats["maft_whole"] - stats["maft_poor"]
+    gap_frozen = printed_gap(stats["frozen_whole"], stats["frozen_poor"], 2)
+    gap_maft = printed_gap(stats["maft_whole"], stats["maft_poor"], 2)
     text = (f"**What this means.** Over the {stats['proposals']} proposals drawn above, the true class is the "
             f"top-1 class of {stats['frozen_top1']} of them with frozen CLIP and of {stats['maft_top1']} after "
             f"MAFT. For the region's class, frozen CLIP gives the whole object {stats['frozen_whole']:.2f} and the "
@@ -209,7 +217,7 @@ def visualizations(stats: dict) -> str:
             f"{gap_maft:+.2f}.")
     if gap_maft != gap_maft or gap_frozen != gap_frozen:  # NaN: no whole or no poorer proposal was drawn
         return text + " Without both kinds among the drawn proposals, the gap cannot be compared."
-    if round(gap_maft, 2) > round(gap_frozen, 2):  # judged on the gaps as printed above
+    if gap_maft > gap_frozen:  # judged on the gaps as printed above
         return text + (" MAFT widened the gap in favour of the whole object, as the paper's Fig. 7 shows: the "
                        "whole object wins more clearly after mask-aware fine-tuning.")
     return text + (" MAFT did not widen the gap in favour of the whole object here (the paper's Fig. 7 shows it "
@@ -255,7 +263,7 @@ def story(result: dict) -> str:
         text.append("The paper's order holds: crop < frozen IP-CLIP < MAFT, each gap larger than the seed spread.")
     else:
         text.append(f"The paper's order (crop < frozen IP-CLIP < MAFT, Table 4a) does not hold here: MAFT is "
-                    f"{_points(maft - frozen)} frozen IP-CLIP and {_points(maft - crop)} crop-and-classify.")
+                    f"{_points(maft, frozen)} frozen IP-CLIP and {_points(maft, crop)} crop-and-classify.")
     layers = sorted(mean["start_layer"], key=lambda p: p["hiou"])
     if layers:
         best, default = layers[-1], next((p for p in mean["start_layer"] if p["hiou"] == maft), None)
