@@ -36,7 +36,6 @@ from .trainable import UNITS
 from .utils.paths import PACKAGE_DIR, read_yaml
 
 CONFIG_DIR = PACKAGE_DIR / "configs"
-CLASSIFIERS = ("ipclip", "frozen")
 
 
 class ConfigError(ValueError):
@@ -239,6 +238,11 @@ def _coerce(value, annotation, key: str):
             return None
         inner = [a for a in args if a is not type(None)]
         if isinstance(inner[0], type) and issubclass(inner[0], Section) and isinstance(value, Mapping):
+            # an optional section set at all must say which kind it is (eval.proposals: {settings: ...}
+            # must not silently mean the default "gt" proposals)
+            if "kind" in _hints(inner[0]) and "kind" not in value:
+                raise ConfigError(f"config key {key}.kind: missing; when {key} is set it must name its kind "
+                                  f"(null keeps the default)")
             return _coerce(value, inner[0], key)  # a nested section: its own error names the inner key
         try:
             return _coerce(value, inner[0], key)

@@ -20,7 +20,7 @@ import open_clip
 import torch
 
 from .checkpoints import load_finetuned
-from .clip import load_clip
+from .clip import load_clip, tower_input_size
 from .config import ExperimentConfig, ModelConfig, ProposalsConfig, apply_overrides, load
 from .crop_classifier import FrozenCLIP
 from .data.datasets import build_dataset
@@ -166,7 +166,8 @@ class Experiment:
 
     @property
     def image_size(self) -> int:
-        return self.config.model.image_size
+        """``model.image_size``, or (null) the size the tower was built at: its own pretraining size."""
+        return self.config.model.image_size or tower_input_size(self.model.visual)
 
     @property
     def frozen(self) -> IPCLIP:

@@ -24,9 +24,9 @@ import torch
 from .clip import clip_normalisation, preprocess_images
 from .data.class_specs import check_class_names, class_key
 from .masks import mask_on, resize_masks
+from .metrics import NO_PREDICTION
 from .text import class_probabilities
 
-NO_PREDICTION = -1  # label of pixels no proposal covers; never a class id
 ENSEMBLE_VARIANTS = ("paper", "zsseg")
 # Pixels x classes handled at once in semantic_map; bounds memory for 847 classes on large images.
 _MAP_CHUNK_ELEMENTS = 1 << 24

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from .data.class_specs import check_class_names
-from .inference import NO_PREDICTION
 
 __all__ = ["ConfusionMatrix", "add_image", "confusion_metrics", "harmonic_mean", "new_confusion", "present_classes",
            "segmentation_metrics"]
@@ -187,6 +186,7 @@ def present_classes(label: torch.Tensor, ignore_index: int = 255) -> torch.Tenso
     return values[values != ignore_index]
 
 
+NO_PREDICTION = -1  # label of pixels no proposal covers; never a class id
 NO_PREDICTION_NAME = "<no prediction>"
 
 

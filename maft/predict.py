@@ -32,6 +32,7 @@ import torch
 
 from .authors_checkpoints import config_for_checkpoint, is_authors_checkpoint
 from .checkpoints import load_checkpoint
+from .clip import tower_input_size
 from .config import ExperimentConfig, ProposalsConfig, load
 from .data.class_specs import check_class_names
 from .data.datasets import read_image
@@ -39,10 +40,6 @@ from .data.datasets import read_label as read_label_file
 from .evaluate import check_label
 from .experiment import build_experiment, build_generator
 from .inference import NO_PREDICTION, Segmenter
-
-# Value of "no proposal covers this pixel" in the written label PNG (8-bit up to 254 classes, else 16-bit).
-LABELS_NONE_8BIT = 255
-LABELS_NONE_16BIT = 65535
 
 
 class NoPredictionWarning(UserWarning):
@@ -217,7 +214,8 @@ def predict(image, class_names: str | Sequence[str], config=None, model=None, ch
     if text.shape[0] != len(names):
         raise ValueError(f"text classifier has {text.shape[0]} rows for {len(names)} class names")
     lam = settings.ensemble_lambda if ensemble_lambda == "config" else ensemble_lambda
-    segmenter = Segmenter(classifier.eval(), generator, text, config.model.image_size, seen=None,
+    image_size = config.model.image_size or tower_input_size(classifier.visual)  # null: the tower's own size
+    segmenter = Segmenter(classifier.eval(), generator, text, image_size, seen=None,
                           ensemble_lambda=lam, variant=settings.variant, classes=names,
                           sliding_window=settings.sliding_window, window=settings.window, stride=settings.stride)
     result = segmenter(sample)

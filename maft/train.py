@@ -177,9 +177,8 @@ class TrainingRun:
         return sum(p.numel() for p in self.visual.parameters())
 
     def preprocess(self, images) -> torch.Tensor:
-        size = self.config["model"].get("image_size") or tower_input_size(self.visual)
-        return preprocess_images(images, int(size if isinstance(size, int) else size[0]),
-                                 *clip_normalisation(self.visual))
+        size = self.config.model.image_size or tower_input_size(self.visual)  # as Experiment.image_size
+        return preprocess_images(images, size, *clip_normalisation(self.visual))
 
     def autocast(self):
         return torch.autocast("cuda", dtype=self.amp_dtype) if self.amp_dtype else nullcontext()

@@ -132,3 +132,22 @@ def test_an_integer_is_a_number_but_a_bool_is_neither():
         load("voc20_tiny_cpu", ["train.distill_weight=false"])
     with pytest.raises(ConfigError, match="config key model: expected a mapping, got 3"):
         load("voc20_tiny_cpu", ["model=3"])
+
+
+def test_eval_proposals_set_without_a_kind_is_an_error_not_gt():
+    """Before: eval.proposals={settings: ...} loaded as kind "gt", silently evaluating on ground-truth proposals."""
+    with pytest.raises(ConfigError, match=r"config key eval.proposals.kind: missing"):
+        load("voc20_tiny_cpu", ["eval.proposals={settings: {max_proposals: 5}}"])
+    assert load("voc20_tiny_cpu", ["eval.proposals={kind: segments}"]).eval.proposals.kind == "segments"
+    assert load("voc20_tiny_cpu", ["eval.proposals=null"]).eval.proposals is None
+
+
+def test_a_null_image_size_means_the_towers_own_size_through_evaluation():
+    from maft.clip import tower_input_size
+    from maft.experiment import build_experiment
+
+    experiment = build_experiment(load("voc20_tiny_cpu", ["model.image_size=null", "data.max_images=1"]))
+    assert experiment.config.model.image_size is None
+    assert experiment.image_size == tower_input_size(experiment.model.visual) > 0
+    segmenter = experiment.segmenter(experiment.frozen)
+    assert segmenter.image_size == experiment.image_size  # before: int(None) raised a TypeError here
