@@ -211,8 +211,9 @@ def test_damaged_npz_files_are_named(tmp_path):
     single = tmp_path / "single.npz"
     with open(single, "wb") as handle:
         np.save(handle, np.ones((2, 4, 5), bool))
-    for path in (truncated, not_zip, objects, single):
-        with pytest.raises(ValueError, match=rf"^{path}: not a readable proposals \.npz"):
+    for path, why in ((truncated, ""), (not_zip, ""), (objects, r" \(ValueError: Object arrays cannot be loaded"),
+                      (single, r" \(ValueError: a single \.npy array, not an \.npz archive")):
+        with pytest.raises(ValueError, match=rf"^{path}: not a readable proposals \.npz{why}"):
             load_proposals(path)
     assert zipfile.is_zipfile(good) and len(load_proposals(good)) == 2
 
@@ -304,12 +305,31 @@ def test_out_may_never_be_an_input(voc_pair, tmp_path, capsys):
         code, _, err = cli(["predict", str(photo), "--classes", "background,train", "--config", "voc20_tiny_cpu",
                             "--proposals", "gt", "--label", str(voc_pair[1]), "--out", str(photo)] + extra, capsys)
         assert code == 2 and f"is the input '{photo}'" in err
-    label_out = tmp_path / "x.png"  # writes x_labels.png: the label given as input
+    label = tmp_path / "x_labels.png"  # --out x.png writes x_labels.png: here, the label given as input
+    label.write_bytes(Path(voc_pair[1]).read_bytes())
     code, _, err = cli(["predict", str(photo), "--classes", "background,train", "--config", "voc20_tiny_cpu",
-                        "--proposals", "gt", "--label", str(tmp_path / "x_labels.png"), "--out", str(label_out),
+                        "--proposals", "gt", "--label", str(label), "--out", str(tmp_path / "x.png"),
                         "--overwrite"], capsys)
-    assert code == 2  # the label does not exist yet: refused as missing, not as an output clash
-    assert photo.read_bytes() == before
+    assert code == 2 and f"its labels file '{label}' is the input '{label}'" in err, err  # even with --overwrite
+    assert photo.read_bytes() == before and label.read_bytes() == Path(voc_pair[1]).read_bytes()
+
+
+def test_size_check_turns_the_photo_by_its_exif_but_not_the_mask(tmp_path):
+    """read_image applies EXIF orientation, read_label does not: the header check must judge them alike."""
+    from types import SimpleNamespace
+
+    from maft.data.datasets import size_mismatches
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    Image.new("RGB", (40, 20)).save(tmp_path / "photo.png", exif=exif)  # shown 20x40
+    Image.new("L", (20, 40)).save(tmp_path / "fits.png", exif=exif)  # stored 20x40: fits the shown photo
+    Image.new("L", (40, 20)).save(tmp_path / "stored.png", exif=exif)  # stored 40x20: does not
+    dataset = SimpleNamespace(name="d", split="s", items=[SimpleNamespace(image_path=tmp_path / "photo.png",
+                                                                            label_path=tmp_path / name)
+                                                          for name in ("fits.png", "stored.png")])
+    problems = size_mismatches(dataset, progress=False)
+    assert problems == [f"{tmp_path / 'photo.png'} is 20x40 (WxH) but {tmp_path / 'stored.png'} is 40x20"]
 
 
 @pytest.mark.parametrize("device", ["bogus", "cuda:7" if torch.cuda.is_available() else "cuda"])

@@ -307,10 +307,12 @@ def size_mismatches(dataset: SegDataset, progress: bool = True) -> list[str]:
     for item in progress_bar(dataset.items, desc=f"checking {dataset.name}/{dataset.split} sizes",
                              disable=not progress, leave=False):
         sizes = []
-        for path in (item.image_path, item.label_path):
+        for path, rotated in ((item.image_path, True), (item.label_path, False)):
             try:
                 with Image.open(path) as image:
-                    sizes.append(shown_size(image))  # as read_image returns it (EXIF orientation)
+                    # as read_image / read_label return them: the photo turned by its EXIF orientation, the
+                    # mask as stored (read_label applies no EXIF)
+                    sizes.append(shown_size(image) if rotated else image.size)
             except (OSError, SyntaxError, ValueError) as error:
                 raise ValueError(f"cannot read {path}: corrupt or not an image ({error})") from error
         if sizes[0] != sizes[1]:

@@ -117,9 +117,10 @@ def _with_size(proposals: Proposals, size: tuple[int, int]) -> Proposals:
 
 def _load_npz(path: Path, score_kind: str = "probabilities") -> Proposals:
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # np.load reads a plain .npy as one array
+            raise ValueError("a single .npy array, not an .npz archive of named arrays")
+        with data:
             if "masks" not in data:
                 raise ValueError(f"no 'masks' array (found {list(data.keys())})")
             masks = data["masks"]
@@ -127,7 +128,7 @@ def _load_npz(path: Path, score_kind: str = "probabilities") -> Proposals:
             classes = [str(name) for name in data["classes"]] if "classes" in data else None
             kinds = [str(kind) for kind in data["kinds"]] if "kinds" in data else None
             source = torch.from_numpy(data["source_class"].astype(np.int64)) if "source_class" in data else None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError, TypeError) as error:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, ValueError) as error:
         # truncated or not a zip (BadZipFile, EOFError), object arrays (ValueError: pickled data), ...
         raise ValueError(f"{path}: not a readable proposals .npz ({type(error).__name__}: {error})") from None
     if scores is not None and (scores.dtype.kind not in "biuf" or scores.ndim != 2):
