@@ -143,6 +143,8 @@ def test_story_cosine_sentence_names_a_plateau_and_the_direction():
     assert "rises from 0.20 at L = 0 to 1.00 at L = 12: the later the masks start, the more" in rising
     flat = captions._cosine_sentence(rows((0, 0.5), (12, 0.51)))
     assert "stays at 0.50 (within 0.02) from L = 0 to L = 12: where the masks start does not change" in flat
+    both_ways = captions._cosine_sentence(rows((0, 0.5), (4, 0.9), (8, 0.51)))
+    assert "moves up and down with L, between 0.50 and 0.90 for L = 0 to 8" in both_ways and "rises" not in both_ways
     falling = captions._cosine_sentence(rows((0, 0.9), (12, 0.1)))
     assert "falls from 0.90 at L = 0 to 0.10 at L = 12: the later the masks start, the less" in falling
 

@@ -96,10 +96,9 @@ def run(args: argparse.Namespace) -> int:
             pretrain.pretrain_world_clip(out=path, progress=not (args.no_progress or args.print_path), **settings)
             if not args.print_path:  # the probe of issue 19 travels with the checkpoint (its JSON's "probe")
                 from ..world.probe import probe as run_probe
-                log_file = Path(f"{path}.json")
-                log = json.loads(log_file.read_text())
-                log["probe"] = run_probe(path)
-                paths.write_json(log, log_file, indent=1)
+                from ..world.probe import record_probe
+
+                record_probe(path, run_probe(path))
         if args.print_path:
             print(path)
             return 0
@@ -175,7 +174,7 @@ def _print_zero_shot(result: dict) -> None:
 def _run_probe(args: argparse.Namespace) -> None:
     from ..viz.figures import save_figure
     from ..world.probe import probe as run_probe
-    from ..world.probe import record_targets
+    from ..world.probe import record_probe
     from ..world.probe_plot import plot_probe
 
     target = paths.check_output_path(args.out or paths.outputs_dir("world", create=False) / "probe.json", "--out")
@@ -186,12 +185,8 @@ def _run_probe(args: argparse.Namespace) -> None:
     paths.write_json(result, target, indent=1)
     save_figure(plot_probe(result), target.with_suffix(".png"))
     if args.record:
-        log_file = Path(f"{checkpoint}.json")
-        log = json.loads(log_file.read_text())
-        log["probe"] = result
-        paths.write_json(log, log_file, indent=1)
-        if checkpoint.resolve() == pretrain.kept_checkpoint_path().resolve():  # the world's own CLIP: world.yaml says it
-            print(f"targets recorded in {record_targets(result['targets'])}")
+        spec = record_probe(checkpoint, result)
+        print(f"probe recorded in {checkpoint}.json" + (f" and the targets in {spec}" if spec else ""))
     readout = result["readout"]
     curve = {p["k"]: p for p in readout["ablation"]}
     k = min(8, readout["depth"])

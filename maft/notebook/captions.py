@@ -277,9 +277,8 @@ def story(result: dict) -> str:
 
 
 def _cosine_sentence(context: list[dict], flat: float = 0.02) -> str:
-    """How the proposal-to-image cosine moves with L, naming a leading stretch where it stays put (the
-    world tower's class token reads nothing before its readout block, so masks starting earlier change
-    little there)."""
+    """How the proposal-to-image cosine moves with L: a leading stretch where it stays put is named, and
+    "rises" / "falls" is said only when the rest moves one way; otherwise its range is given."""
     first, last = context[0], context[-1]
     level = first["cosine_to_image"]
     steady = 0
@@ -291,6 +290,11 @@ def _cosine_sentence(context: list[dict], flat: float = 0.02) -> str:
         return (f"{where} stays at {level:.2f} (within {flat}) from L = {first['start_layer']} to L = "
                 f"{last['start_layer']}: where the masks start does not change how much a proposal is described "
                 "as the whole scene.")
+    rest = [p["cosine_to_image"] for p in context[steady:]]
+    steps = [b - a for a, b in zip(rest, rest[1:])]
+    if not (all(s >= 0 for s in steps) or all(s <= 0 for s in steps)):
+        return (f"{where} moves up and down with L, between {min(rest):.2f} and {max(rest):.2f} for L = "
+                f"{plateau['start_layer']} to {last['start_layer']} (at L = {first['start_layer']}: {level:.2f}).")
     moves = "rises" if last["cosine_to_image"] > plateau["cosine_to_image"] else "falls"
     meaning = ("the more every proposal is described as the whole scene" if moves == "rises"
                else "the less every proposal is described as the whole scene")

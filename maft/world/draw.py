@@ -308,12 +308,12 @@ def _choose_things(spec: WorldSpec, rng, count: int, stuff_ids: list[int],
     for _ in range(count):
         if rng.random() < context["strength"]:
             stuff = int(rng.choice(stuff_ids))
-            options = [c for c in habitats[stuff] if c not in chosen]
+            options = [c for c in habitats.get(stuff, ()) if c not in chosen]  # a stuff may house no thing
             if options:
                 chosen.append(int(rng.choice(options)))
                 on_stuff.append(stuff)
                 continue
-            options = [c for s in (setting or ()) for c in habitats[s] if c not in chosen]
+            options = [c for s in (setting or ()) for c in habitats.get(s, ()) if c not in chosen]
             if options:
                 chosen.append(int(rng.choice(options)))
                 on_stuff.append(None)

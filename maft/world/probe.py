@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from ..clip import clip_normalisation, load_clip, preprocess_images, tower_input_size
 from ..ipclip import IPCLIP
 from ..text import text_classifier
+from ..utils.paths import write_json
 from .context import dataset_context
 from .dataset import WorldDataset
-from .pretrain import MODEL_NAME, zero_shot_accuracy
+from .pretrain import MODEL_NAME, kept_checkpoint_path, zero_shot_accuracy
 from .spec import WORLD_SPEC_PATH
 
 LITERATURE = ("Gandelsman et al. (ICLR 2024), OpenAI / OpenCLIP ViTs: mean-ablating the direct effect of all "
@@ -242,6 +243,19 @@ def record_targets(judged: dict, spec_path: str | Path = WORLD_SPEC_PATH) -> Pat
     return spec_path
 
 
+def record_probe(checkpoint: str | Path, result: dict) -> Path | None:
+    """Keep a probe with its checkpoint (the ``probe`` key of ``<checkpoint>.json``) and, for the kept world
+    CLIP, its judged targets in world.yaml (:func:`record_targets`); returns world.yaml's path when written."""
+    checkpoint = Path(checkpoint)
+    log_file = Path(f"{checkpoint}.json")
+    log = json.loads(log_file.read_text())
+    log["probe"] = result
+    write_json(log, log_file, indent=1)
+    if checkpoint.resolve() == kept_checkpoint_path().resolve():  # the world's own CLIP: world.yaml says it
+        return record_targets(result["targets"])
+    return None
+
+
 def recorded_probe(checkpoint) -> dict | None:
     """The full probe recorded in ``<checkpoint>.json`` (``maft world probe --record``) when it was measured
     on exactly this file (sha256), else None."""
@@ -254,6 +268,16 @@ def recorded_probe(checkpoint) -> dict | None:
     if not recorded or recorded.get("quick"):
         return None
     return recorded if recorded.get("checkpoint_sha256") == hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest() else None
+
+
+def by_construction(reads_from: int | None, k: int, depth: int) -> str:
+    """The sentence saying the readout targets at split K hold by the tower's stated assumption (its class
+    token reads the image only from block ``reads_from <= K``), or "" when they were free to fail."""
+    if reads_from is None or reads_from > k:
+        return ""
+    return (f" The two readout targets hold by construction, not by anything learned: the tower's stated assumption "
+            f"keeps the class token the same for every image until block {reads_from}, so ablating blocks 0-{k - 1} changes "
+            f"nothing, and ablating blocks {k}-{depth - 1} leaves one answer for every scene (chance).")
 
 
 def describe(result: dict) -> str:
@@ -269,7 +293,8 @@ def describe(result: dict) -> str:
     return (f"Single-thing zero-shot {100 * readout['full_accuracy']:.1f} % (chance {100 * readout['chance']:.0f} %). "
             f"Blocks 0-{k - 1} mean-ablated (keep late): {100 * curve[k]['keep_late']:.1f} %; blocks {k}-"
             f"{readout['depth'] - 1} mean-ablated (keep early): {100 * curve[k]['keep_early']:.1f} %. "
-            f"The class token's cosine with the final embedding entering block {k}: {readout['cosine_to_final'][k]:.2f}. "
+            f"The class token's cosine with the final embedding entering block {k}: {readout['cosine_to_final'][k]:.2f}."
+            f"{by_construction(readout.get('class_token_reads_from'), k, readout['depth'])} "
             f"Context, bits above shuffled: world thing vs surroundings "
             f"{context['world_surroundings']['excess_bits']:.2f}, thing vs co-occurring thing "
             f"{context['world_cooccurrence']['excess_bits']:.2f}"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..notebook.report import markdown_table
 from ..utils import paths
+from .probe import by_construction
 from .story import ROWS, story_tables
 
 REFERENCE_STORY = paths.ASSETS_DIR / "world_story.json"
@@ -48,17 +49,21 @@ def _probe_lines(probe: dict | None) -> list[str]:
     rows = [{"target": key, "bound": value["target"], "measured": value["measured"],
              "met": {True: "yes", False: "no", None: "-"}[value["met"]]} for key, value in probe["targets"].items()]
     curve = {p["k"]: p for p in probe["ablation"]}
+    depth = len(probe["cosine_to_final"]) - 1
+    k, reads_from = min(8, depth), probe["class_token_reads_from"]
     context = probe["context"]
     real = "; ".join(f"{r['dataset']} {r['split']} {r['excess_bits']:.2f}" for r in context["real"] if "excess_bits" in r)
+    construction = by_construction(reads_from, k, depth)
     return [
         f"The world CLIP, measured by `maft world probe` (no segmentation number involved). Its class token reads "
-        f"the image from block {probe['class_token_reads_from']} on (a stated assumption of the tower, "
+        f"the image from block {reads_from} on (a stated assumption of the tower, "
         f"`maft/model_configs/maft-world-vit12.tower.json`). Single-thing zero-shot "
-        f"{100 * probe['full_accuracy']:.1f} %; with blocks 0-7 mean-ablated (keep late, K = 8) "
-        f"{100 * curve[8]['keep_late']:.1f} %, with blocks 8-11 mean-ablated (keep early) "
-        f"{100 * curve[8]['keep_early']:.1f} %. Context: a thing's class and its surrounding stuff share "
-        f"{context['world_surroundings']['excess_bits']:.2f} bits above a shuffled baseline, co-occurring things "
-        f"{context['world_cooccurrence']['excess_bits']:.2f}; real samples, class vs co-occurring class: {real}.",
+        f"{100 * probe['full_accuracy']:.1f} %; with blocks 0-{k - 1} mean-ablated (keep late, K = {k}) "
+        f"{100 * curve[k]['keep_late']:.1f} %, with blocks {k}-{depth - 1} mean-ablated (keep early) "
+        f"{100 * curve[k]['keep_early']:.1f} %.{construction} Context: a thing's class and its surrounding stuff "
+        f"share {context['world_surroundings']['excess_bits']:.2f} bits above a shuffled baseline, co-occurring "
+        f"things {context['world_cooccurrence']['excess_bits']:.2f}"
+        + (f"; real samples, class vs co-occurring class: {real}." if real else "."),
         "",
         markdown_table(rows, digits=3).strip(),
     ]
