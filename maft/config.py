@@ -441,12 +441,14 @@ def load(config: str | Path | Mapping | ExperimentConfig | None = None, override
          check_model: bool = True) -> ExperimentConfig:
     """The experiment config: a shipped name, a YAML path, a mapping, an :class:`ExperimentConfig` or None
     (the package defaults), with ``overrides`` applied, every default filled in, and every value checked
-    (``check_model``: also against the tower's depth and patch size). The one loader of every entry point."""
+    (``check_model``: also against the tower's depth and patch size). The one loader of every entry point.
+    Always a new object: a loaded config passed in is checked again (its attributes may have been set since,
+    and attribute assignment checks nothing) and the caller's object is never changed."""
     overrides = list(overrides)
-    if isinstance(config, ExperimentConfig) and not overrides:
-        return config
     if config is None:
         raw: dict[str, Any] = {}
+    elif isinstance(config, ExperimentConfig):  # checked again: a loaded config may have been changed since
+        raw = config.to_dict()
     elif isinstance(config, Mapping):
         raw = _plain(config)
     elif isinstance(config, (str, Path)):

@@ -161,7 +161,7 @@ def build_predict_generator(config: ExperimentConfig, proposals) -> Callable:
         return proposals
     if not isinstance(proposals, str):
         raise ValueError(f"proposals must be a kind (sam, gt, mask2former, file:DIR) or a generator, got {proposals!r}")
-    config = copy.deepcopy(load(config))
+    config = load(config)  # a fresh, checked copy: the caller's config is left as it is
     if config.proposals.kind != proposals:
         config.proposals = ProposalsConfig(kind=proposals)
     # one photo: no proposal cache (it is keyed by dataset image ids) unless the config asks for one

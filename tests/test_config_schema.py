@@ -115,13 +115,16 @@ def test_typed_values_round_trip_through_yaml_and_overrides():
     assert config.train.trainable == ["attn", "norm"]
     assert config["train"]["lr"] == config.train.lr  # sections read by key too
     again = load(yaml.safe_load(yaml.safe_dump(config)))
-    assert again == config and load(config) is config
+    assert again == config and load(config) == config and load(config) is not config  # a checked copy
     assert load(config, ["seed=3"]).seed == 3 and config.seed == 0  # overrides never change the original
     with pytest.raises(ConfigError, match="config key eval.classifier: expected one of 'ipclip', 'frozen'"):
         config.eval["classifier"] = "crop"
     with pytest.raises(ConfigError, match="config key eval.clasifier: unknown key"):
         config.eval["clasifier"] = "frozen"
     assert EvalConfig().classifier == "ipclip"
+    config.train.lr = -1.0  # attribute assignment checks nothing; the next load does
+    with pytest.raises(ConfigError, match=r"config key train.lr: expected a number > 0, got -1.0"):
+        load(config)
 
 
 def test_an_integer_is_a_number_but_a_bool_is_neither():
