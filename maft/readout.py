@@ -34,17 +34,13 @@ class ClassTokenSelfOnlyBlock(ResidualAttentionBlock):
     class_token_self_only = True
 
     def forward(self, q_x: torch.Tensor, k_x=None, v_x=None, attn_mask=None):
-        if k_x is not None or v_x is not None:
-            raise ValueError("ClassTokenSelfOnlyBlock: cross-attention is not supported")
+        if k_x is not None or v_x is not None or attn_mask is not None:  # open_clip's ViT passes neither
+            raise ValueError("ClassTokenSelfOnlyBlock: cross-attention and attention masks are not supported")
         tokens = q_x.shape[1] if self.attn.batch_first else q_x.shape[0]
         # Additive float mask (open_clip casts any mask to the activations' dtype, so a boolean one
         # would become 0/1, not 0/-inf): row 0, the class token, sees column 0 only.
         blocked = torch.zeros(tokens, tokens, dtype=q_x.dtype, device=q_x.device)
         blocked[0, 1:] = float("-inf")
-        if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                attn_mask = torch.zeros_like(blocked).masked_fill(attn_mask, float("-inf"))
-            blocked = blocked + attn_mask
         return super().forward(q_x, attn_mask=blocked)
 
 

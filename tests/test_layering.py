@@ -100,8 +100,7 @@ def test_no_import_cycle_between_modules():
     for path in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(path.read_text())
         top = ast.Module(body=[n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))], type_ignores=[])
-        tmp = path.with_name(path.name)  # only the parsed top-level statements are walked below
-        name = module_name(tmp)
+        name = module_name(path)  # only the parsed top-level statements (``top``) are walked below
         package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         found = set()
         for node in ast.walk(top):

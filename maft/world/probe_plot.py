@@ -5,10 +5,9 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 
-def plot_probe(result: dict, reference: dict | None = None, reference_name: str = "before") -> Figure:
+def plot_probe(result: dict) -> Figure:
     """Four panels: direct-effect ablation curve, class-token cosine to the final embedding, patch
-    linear probe by layer, class-context MI above shuffled. ``reference``: another probe's result
-    (e.g. the previous world CLIP), drawn dashed in the first two panels."""
+    linear probe by layer, class-context MI above shuffled."""
     fig = Figure(figsize=(13, 3.4))
     axes = [fig.add_subplot(1, 4, i + 1) for i in range(4)]
     readout = result["readout"]
@@ -23,12 +22,6 @@ def plot_probe(result: dict, reference: dict | None = None, reference_name: str 
             label="keep late (blocks < K ablated)")
     ax.plot(ks, [100 * p["keep_early"] for p in readout["ablation"]], "s-", color="tab:orange",
             label="keep early (blocks ≥ K ablated)")
-    if reference is not None:
-        ref = reference["readout"]["ablation"]
-        ax.plot([p["k"] for p in ref], [100 * p["keep_late"] for p in ref], "o--", color="tab:blue", alpha=0.45,
-                label=f"keep late, {reference_name}")
-        ax.plot([p["k"] for p in ref], [100 * p["keep_early"] for p in ref], "s--", color="tab:orange", alpha=0.45,
-                label=f"keep early, {reference_name}")
     ax.axhline(100 * full, color="grey", lw=0.8)
     ax.axhline(100 * readout["chance"], color="grey", lw=0.8, ls=":")
     ax.set(xlabel="split block K", ylabel="single-thing zero-shot (%)", title="direct-effect mean ablation",
@@ -37,8 +30,6 @@ def plot_probe(result: dict, reference: dict | None = None, reference_name: str 
 
     ax = axes[1]
     ax.plot(range(depth + 1), readout["cosine_to_final"], "o-", label="this CLIP")
-    if reference is not None:
-        ax.plot(range(depth + 1), reference["readout"]["cosine_to_final"], "o--", alpha=0.45, label=reference_name)
     ax.set(xlabel="entering block (12 = final)", ylabel="cosine to final embedding", title="class token commits at",
            ylim=(-0.1, 1.05))
     ax.legend(fontsize=7)
